@@ -1,0 +1,145 @@
+//! The `tether` command line: run a router, check a config, generate
+//! certificates, or run the local multi-site demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "Tether: a Layer-7 service interconnect")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a router from a config file, or check the file with --check.
+    Router {
+        /// The router's TOML config file.
+        #[arg(long, value_name = "FILE", conflicts_with = "check", required_unless_present = "check")]
+        config: Option<PathBuf>,
+        /// Validate FILE (syntax, keys, TLS files) and exit without starting.
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
+    /// Generate a CA and one certificate per router name into a folder.
+    Certs {
+        /// Folder to write ca.pem, ca-key.pem, NAME.pem and NAME-key.pem into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Router names (each gets a certificate).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Start three linked routers on loopback with a service, and drive traffic.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// First of the loopback ports the demo uses (it takes ten).
+        #[arg(long, default_value_t = 47100)]
+        base_port: u16,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Router { check: Some(file), .. } => match tether_router::config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Router { config: Some(file), .. } => {
+            let config = match tether_router::config::load(&file) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging();
+            run_router(config)
+        }
+        Command::Router { .. } => {
+            eprintln!("tether router: give --config FILE or --check FILE");
+            ExitCode::from(2)
+        }
+        Command::Certs { out, names } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            match tether_router::tls::generate_site_certs(&out, &names) {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tether certs: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { duration, base_port } => {
+            init_logging();
+            match tether_router::demo::run(duration, base_port) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tether demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_router(config: tether_router::config::Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tether: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, tether_router::core::run(config, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

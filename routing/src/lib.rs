@@ -1,0 +1,20 @@
+//! Sans-IO routing for Tether routers.
+//!
+//! This crate owns the router's view of *where addresses are*: which
+//! neighbouring routers are up, and which routers offer which addresses
+//! (they hold a `tcp_connector`, later: an AMQP consumer). It does no I/O and
+//! reads no clock: the router's link driver feeds it events
+//! ([`AddressTable::neighbour_up`], [`AddressTable::handle_message`], ...)
+//! and gets back the reachability changes to act on, so every rule here is
+//! unit-testable and deterministic.
+//!
+//! The foundation protocol is a *mobile-address update* exchanged between
+//! neighbours: a full snapshot of the sender's local addresses with a sequence
+//! number. Multi-hop link-state routing (HELLO, router advertisements,
+//! least-cost paths) builds on the same types.
+
+pub mod message;
+pub mod table;
+
+pub use message::{DecodeError, RouterMessage};
+pub use table::{AddressTable, Destination, NeighbourId, ReachabilityChange};

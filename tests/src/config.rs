@@ -1,0 +1,283 @@
+//! Builder for router configuration files (the TOML schema of the contract).
+//!
+//! [`RouterConfig`] holds one router's settings and renders them with
+//! [`RouterConfig::to_toml`]; [`crate::RouterProc::start`] writes the result
+//! next to the certificates (TLS file names in profiles are relative to the
+//! config file's folder). Everything listens on and connects to 127.0.0.1.
+//!
+//! ```no_run
+//! # use tether_tests::*;
+//! # let env = TestEnv::new("doc");
+//! let cfg = RouterConfig::new("east")
+//!     .listener(55671, "site")
+//!     .tcp_listener("backend", 9000)
+//!     .tls("site", env.tls_for("east"));
+//! ```
+
+use std::fmt::Write as _;
+
+/// A TLS profile: CA file, certificate file, key file (relative paths).
+#[derive(Clone, Debug)]
+pub struct TlsProfile {
+    /// CA bundle the peer's certificate must chain to.
+    pub ca: String,
+    /// This router's certificate.
+    pub cert: String,
+    /// This router's private key.
+    pub key: String,
+}
+
+impl TlsProfile {
+    /// A profile from three file names.
+    pub fn new(ca: &str, cert: &str, key: &str) -> TlsProfile {
+        TlsProfile {
+            ca: ca.to_string(),
+            cert: cert.to_string(),
+            key: key.to_string(),
+        }
+    }
+}
+
+/// An inter-router `[[listener]]`.
+#[derive(Clone, Debug)]
+pub struct InterRouterListener {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// TLS profile name (`None` renders no `tls` key: a config error).
+    pub tls: Option<String>,
+}
+
+/// An inter-router `[[connector]]`.
+#[derive(Clone, Debug)]
+pub struct InterRouterConnector {
+    /// Port on 127.0.0.1 of the peer's inter-router listener.
+    pub port: u16,
+    /// Link cost.
+    pub cost: u32,
+    /// TLS profile name (`None` renders no `tls` key: a config error).
+    pub tls: Option<String>,
+}
+
+/// A `[[tcp_listener]]` or `[[tcp_connector]]`.
+#[derive(Clone, Debug)]
+pub struct TcpEndpoint {
+    /// The service address (a name, e.g. `backend`).
+    pub address: String,
+    /// Port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// One router's configuration (see the module docs).
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// `[router] id`.
+    pub id: String,
+    /// `[router] hello_interval_ms`.
+    pub hello_interval_ms: Option<u64>,
+    /// `[router] dead_interval_ms`.
+    pub dead_interval_ms: Option<u64>,
+    /// `[router] flow_window` in bytes.
+    pub flow_window: Option<u64>,
+    /// Inter-router listeners.
+    pub listeners: Vec<InterRouterListener>,
+    /// Inter-router connectors.
+    pub connectors: Vec<InterRouterConnector>,
+    /// Client-facing TCP listeners.
+    pub tcp_listeners: Vec<TcpEndpoint>,
+    /// Service-facing TCP connectors.
+    pub tcp_connectors: Vec<TcpEndpoint>,
+    /// `[tls.NAME]` profiles, in order.
+    pub tls: Vec<(String, TlsProfile)>,
+}
+
+impl RouterConfig {
+    /// A router with this id and nothing else.
+    pub fn new(id: &str) -> RouterConfig {
+        RouterConfig {
+            id: id.to_string(),
+            hello_interval_ms: None,
+            dead_interval_ms: None,
+            flow_window: None,
+            listeners: Vec::new(),
+            connectors: Vec::new(),
+            tcp_listeners: Vec::new(),
+            tcp_connectors: Vec::new(),
+            tls: Vec::new(),
+        }
+    }
+
+    /// Adds an inter-router listener on `port` using TLS profile `tls`.
+    pub fn listener(mut self, port: u16, tls: &str) -> Self {
+        self.listeners.push(InterRouterListener {
+            port,
+            tls: Some(tls.to_string()),
+        });
+        self
+    }
+
+    /// Adds an inter-router connector to `port` (cost 1) using profile `tls`.
+    pub fn connector(mut self, port: u16, tls: &str) -> Self {
+        self.connectors.push(InterRouterConnector {
+            port,
+            cost: 1,
+            tls: Some(tls.to_string()),
+        });
+        self
+    }
+
+    /// Adds a `tcp_listener` for `address` on `port`.
+    pub fn tcp_listener(mut self, address: &str, port: u16) -> Self {
+        self.tcp_listeners.push(TcpEndpoint {
+            address: address.to_string(),
+            port,
+        });
+        self
+    }
+
+    /// Adds a `tcp_connector` for `address` to the service on `port`.
+    pub fn tcp_connector(mut self, address: &str, port: u16) -> Self {
+        self.tcp_connectors.push(TcpEndpoint {
+            address: address.to_string(),
+            port,
+        });
+        self
+    }
+
+    /// Adds the TLS profile `name`.
+    pub fn tls(mut self, name: &str, profile: TlsProfile) -> Self {
+        self.tls.push((name.to_string(), profile));
+        self
+    }
+
+    /// Sets the hello and dead intervals (ms).
+    pub fn timers(mut self, hello_ms: u64, dead_ms: u64) -> Self {
+        self.hello_interval_ms = Some(hello_ms);
+        self.dead_interval_ms = Some(dead_ms);
+        self
+    }
+
+    /// Sets the per-flow window (bytes).
+    pub fn flow_window(mut self, bytes: u64) -> Self {
+        self.flow_window = Some(bytes);
+        self
+    }
+
+    /// Renders the TOML file.
+    pub fn to_toml(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "[router]\nid = {}", toml_str(&self.id));
+        if let Some(v) = self.hello_interval_ms {
+            let _ = writeln!(s, "hello_interval_ms = {v}");
+        }
+        if let Some(v) = self.dead_interval_ms {
+            let _ = writeln!(s, "dead_interval_ms = {v}");
+        }
+        if let Some(v) = self.flow_window {
+            let _ = writeln!(s, "flow_window = {v}");
+        }
+        for l in &self.listeners {
+            let _ = writeln!(
+                s,
+                "\n[[listener]]\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = {}",
+                l.port
+            );
+            if let Some(t) = &l.tls {
+                let _ = writeln!(s, "tls = {}", toml_str(t));
+            }
+        }
+        for c in &self.connectors {
+            let _ = writeln!(
+                s,
+                "\n[[connector]]\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = {}\ncost = {}",
+                c.port, c.cost
+            );
+            if let Some(t) = &c.tls {
+                let _ = writeln!(s, "tls = {}", toml_str(t));
+            }
+        }
+        for l in &self.tcp_listeners {
+            let _ = writeln!(
+                s,
+                "\n[[tcp_listener]]\naddress = {}\nhost = \"127.0.0.1\"\nport = {}",
+                toml_str(&l.address),
+                l.port
+            );
+        }
+        for c in &self.tcp_connectors {
+            let _ = writeln!(
+                s,
+                "\n[[tcp_connector]]\naddress = {}\nhost = \"127.0.0.1\"\nport = {}",
+                toml_str(&c.address),
+                c.port
+            );
+        }
+        for (name, p) in &self.tls {
+            let _ = writeln!(
+                s,
+                "\n[tls.{}]\nca = {}\ncert = {}\nkey = {}",
+                toml_key(name),
+                toml_str(&p.ca),
+                toml_str(&p.cert),
+                toml_str(&p.key)
+            );
+        }
+        s
+    }
+}
+
+/// A TOML basic string literal.
+pub fn toml_str(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML key: bare if possible, else quoted.
+pub fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        k.to_string()
+    } else {
+        toml_str(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_schema() {
+        let t = RouterConfig::new("east")
+            .timers(200, 1000)
+            .listener(1, "site")
+            .connector(2, "site")
+            .tcp_listener("backend", 3)
+            .tcp_connector("backend", 4)
+            .tls("site", TlsProfile::new("ca.pem", "east.pem", "east-key.pem"))
+            .to_toml();
+        assert!(t.starts_with("[router]\nid = \"east\"\nhello_interval_ms = 200\n"));
+        assert!(t.contains("[[listener]]\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"site\"\n"));
+        assert!(t.contains("[[connector]]\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = 2\ncost = 1\ntls = \"site\"\n"));
+        assert!(t.contains("[[tcp_listener]]\naddress = \"backend\"\nhost = \"127.0.0.1\"\nport = 3\n"));
+        assert!(t.contains("[[tcp_connector]]\naddress = \"backend\"\nhost = \"127.0.0.1\"\nport = 4\n"));
+        assert!(t.contains("[tls.site]\nca = \"ca.pem\"\ncert = \"east.pem\"\nkey = \"east-key.pem\"\n"));
+        assert_eq!(toml_str("a\"b\\"), "\"a\\\"b\\\\\"");
+    }
+}

@@ -1,0 +1,242 @@
+//! Inter-router links are refused when TLS does not check out.
+//!
+//! Each case starts east (inter-router listener + a tcp_listener) and a
+//! peer that must be refused. Checks: some router logs a line with
+//! `refused` and the reason, no `link up` is logged, and east's
+//! tcp_listener never accepts (the peer's tcp_connector is unreachable).
+
+use std::io::Write;
+use std::time::Duration;
+
+use tether_tests::net::{connect, expect_closed, refused_for, wait_until_connectable};
+use tether_tests::router::describe;
+use tether_tests::{free_port, RouterConfig, RouterProc, Service, TestEnv, TlsProfile};
+
+/// How long to wait for the refusal to be logged.
+const LOG_WAIT: Duration = Duration::from_secs(10);
+/// How long east's tcp_listener must keep refusing afterwards.
+const NOT_CONNECTABLE_FOR: Duration = Duration::from_secs(3);
+
+/// Reasons a TLS refusal may name for each case (lowercase substrings).
+const UNKNOWN_CA: &[&str] = &[
+    "unknown ca",
+    "unknownca",
+    "unknown_ca",
+    "unknownissuer",
+    "unknown issuer",
+    "unknown_issuer",
+];
+const EXPIRED: &[&str] = &["expired"];
+const NOT_TLS: &[&str] = &[
+    "not speak tls",
+    "not tls",
+    "plain",
+    "corrupt",
+    "invalidcontenttype",
+    "invalid content type",
+    "amqp",
+];
+
+/// Waits until one of `routers` logs a line containing `refused` and one of
+/// `reasons`; returns (router label, line). Panics with all logs otherwise.
+fn wait_refusal(routers: &[&RouterProc], since: &[usize], reasons: &[&str]) -> (String, String) {
+    let deadline = std::time::Instant::now() + LOG_WAIT;
+    let pred = |l: &str| l.contains("refused") && reasons.iter().any(|r| l.contains(r));
+    for _ in 0..(LOG_WAIT.as_millis() / 50 + 2) {
+        for (r, &m) in routers.iter().zip(since) {
+            if let Some(line) = r.matching_lines(m, pred).into_iter().next() {
+                return (r.label().to_string(), line);
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "no router logged `refused` with one of {reasons:?} within {LOG_WAIT:?}\n{}",
+        describe(routers)
+    );
+}
+
+fn assert_no_link_up(routers: &[&RouterProc]) {
+    for r in routers {
+        let ups = r.matching_lines(0, |l| l.contains("link up"));
+        assert!(
+            ups.is_empty(),
+            "router {} logged a link up that must have been refused: {ups:?}\n{}",
+            r.label(),
+            describe(routers)
+        );
+    }
+}
+
+/// East and a peer "west" with the given TLS profiles; west has the
+/// tcp_connector for east's tcp_listener. Returns (east, west, client port).
+fn start_pair(
+    env: &TestEnv,
+    east_tls: TlsProfile,
+    west_id: &str,
+    west_tls: TlsProfile,
+    svc: &Service,
+) -> (RouterProc, RouterProc, u16) {
+    let link = free_port();
+    let client = free_port();
+    let east = env.start_router(
+        &RouterConfig::new("east")
+            .listener(link, "site")
+            .tcp_listener("backend", client)
+            .tls("site", east_tls),
+    );
+    let west = env.start_router(
+        &RouterConfig::new(west_id)
+            .connector(link, "site")
+            .tcp_connector("backend", svc.port())
+            .tls("site", west_tls),
+    );
+    (east, west, client)
+}
+
+fn assert_listener_stays_closed(client: u16, routers: &[&RouterProc]) {
+    if let Err(e) = refused_for(client, NOT_CONNECTABLE_FOR) {
+        panic!("east's tcp_listener became connectable over a refused link: {e}\n{}", describe(routers));
+    }
+}
+
+#[test]
+fn peer_with_cert_from_another_ca_is_refused() {
+    let env = TestEnv::new("tls-foreign-ca");
+    let svc = Service::echo();
+    // West trusts our CA (so it accepts east) but presents a leaf from an
+    // unrelated CA: east must refuse it.
+    let foreign = env.certs.foreign_leaf("west");
+    let (east, west, client) = start_pair(
+        &env,
+        env.tls_for("east"),
+        "west",
+        TlsProfile::new("ca.pem", &foreign.cert, &foreign.key),
+        &svc,
+    );
+    let routers = [&east, &west];
+    let (who, line) = wait_refusal(&routers, &[0, 0], UNKNOWN_CA);
+    println!("{who}: {line}");
+    assert_listener_stays_closed(client, &routers);
+    assert_no_link_up(&routers);
+    assert!(east.is_running() && west.is_running(), "a router died\n{}", describe(&routers));
+}
+
+#[test]
+fn peer_trusting_another_ca_refuses_us() {
+    let env = TestEnv::new("tls-foreign-trust");
+    let svc = Service::echo();
+    // West presents a leaf from the unrelated CA and trusts only that CA:
+    // both sides must refuse.
+    let foreign = env.certs.foreign_leaf("west");
+    let (east, west, client) = start_pair(
+        &env,
+        env.tls_for("east"),
+        "west",
+        TlsProfile::new("other-ca.pem", &foreign.cert, &foreign.key),
+        &svc,
+    );
+    let routers = [&east, &west];
+    let (who, line) = wait_refusal(&routers, &[0, 0], UNKNOWN_CA);
+    println!("{who}: {line}");
+    assert_listener_stays_closed(client, &routers);
+    assert_no_link_up(&routers);
+}
+
+#[test]
+fn expired_client_cert_is_refused() {
+    let env = TestEnv::new("tls-expired-client");
+    let svc = Service::echo();
+    let expired = env.certs.expired_leaf("west");
+    let (east, west, client) = start_pair(
+        &env,
+        env.tls_for("east"),
+        "west",
+        TlsProfile::new("ca.pem", &expired.cert, &expired.key),
+        &svc,
+    );
+    let routers = [&east, &west];
+    let (who, line) = wait_refusal(&routers, &[0, 0], EXPIRED);
+    println!("{who}: {line}");
+    assert_listener_stays_closed(client, &routers);
+    assert_no_link_up(&routers);
+}
+
+#[test]
+fn expired_server_cert_is_refused() {
+    let env = TestEnv::new("tls-expired-server");
+    let svc = Service::echo();
+    let expired = env.certs.expired_leaf("east");
+    let (east, west, client) = start_pair(
+        &env,
+        TlsProfile::new("ca.pem", &expired.cert, &expired.key),
+        "west",
+        env.tls_for("west"),
+        &svc,
+    );
+    let routers = [&east, &west];
+    let (who, line) = wait_refusal(&routers, &[0, 0], EXPIRED);
+    println!("{who}: {line}");
+    assert_listener_stays_closed(client, &routers);
+    assert_no_link_up(&routers);
+}
+
+#[test]
+fn plain_tcp_peer_is_refused() {
+    let env = TestEnv::new("tls-plain-peer");
+    let link = free_port();
+    let east = env.start_router(
+        &RouterConfig::new("east")
+            .listener(link, "site")
+            .tls("site", env.tls_for("east")),
+    );
+    if wait_until_connectable(link, Duration::from_secs(15)).is_none() {
+        panic!("east's inter-router listener never accepted\n{}", describe(&[&east]));
+    }
+    // The readiness probe above was a TCP connect without TLS too; let its
+    // log line (if any) land before taking the mark.
+    std::thread::sleep(Duration::from_millis(500));
+    let mark = east.mark();
+
+    let mut s = connect(link).expect("connect to the inter-router port");
+    s.write_all(b"AMQP\x00\x01\x00\x00").expect("send an AMQP header");
+    match expect_closed(&mut s, Duration::from_secs(5)) {
+        Ok(how) => println!("plain peer's connection ended: {how:?}"),
+        Err(e) => panic!("router kept a plain-text peer connected: {e}\n{}", describe(&[&east])),
+    }
+    let (_, line) = wait_refusal(&[&east], &[mark], NOT_TLS);
+    println!("east: {line}");
+    assert!(east.is_running(), "east died after a plain-text peer\n{}", describe(&[&east]));
+}
+
+#[test]
+fn duplicate_router_id_is_refused() {
+    let env = TestEnv::new("dup-router-id");
+    let svc = Service::echo();
+    // Both routers are called "east" (and both present the east leaf, so
+    // only the id is wrong).
+    let (east, dup, client) = start_pair(&env, env.tls_for("east"), "east", env.tls_for("east"), &svc);
+    let routers = [&east, &dup];
+    let deadline = std::time::Instant::now() + LOG_WAIT;
+    let mut found = None;
+    for _ in 0..(LOG_WAIT.as_millis() / 50 + 2) {
+        for r in routers {
+            if let Some(l) = r.matching_lines(0, |l| l.contains("duplicate router id")).into_iter().next() {
+                found = Some((r.label().to_string(), l));
+            }
+        }
+        if found.is_some() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (who, line) = found.unwrap_or_else(|| {
+        panic!("no router logged `duplicate router id` within {LOG_WAIT:?}\n{}", describe(&routers))
+    });
+    println!("{who}: {line}");
+    assert_listener_stays_closed(client, &routers);
+    assert_no_link_up(&routers);
+}
