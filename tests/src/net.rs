@@ -111,10 +111,12 @@ fn port_is_free(port: u16) -> bool {
     TcpListener::bind(addr(port)).is_ok()
 }
 
-/// Connects to 127.0.0.1:`port` (connect timeout 2 s) and sets read/write
-/// timeouts of [`IO_TIMEOUT`] and TCP_NODELAY.
+/// Connects to 127.0.0.1:`port` and sets read/write timeouts of
+/// [`IO_TIMEOUT`] and TCP_NODELAY. The connect timeout is also
+/// [`IO_TIMEOUT`]: a burst of connects can overflow a listen backlog, and a
+/// dropped SYN is only retried after 1 s, then 3 s.
 pub fn connect(port: u16) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr(port), Duration::from_secs(2))?;
+    let s = TcpStream::connect_timeout(&addr(port), IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     s.set_nodelay(true)?;

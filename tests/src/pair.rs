@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use crate::config::RouterConfig;
-use crate::net::{free_port, wait_until_connectable};
-use crate::router::{describe, RouterProc};
+use crate::net::free_port;
+use crate::router::{describe, wait_connectable, RouterProc};
 use crate::TestEnv;
 
 /// How long [`Pair::start`] waits for the link and for each listener.
@@ -105,12 +105,8 @@ impl Pair {
         RouterProc::check(self.east.wait_link_up("west", 0, timeout), &routers);
         RouterProc::check(self.west.wait_link_up("east", 0, timeout), &routers);
         for &p in &self.client_ports {
-            if wait_until_connectable(p, timeout).is_none() {
-                panic!(
-                    "east's tcp_listener on 127.0.0.1:{p} did not accept a connection within \
-                     {timeout:?} after the link came up\n{}",
-                    describe(&routers)
-                );
+            if let Err(e) = wait_connectable(p, timeout, &routers) {
+                panic!("east's tcp_listener after the link came up: {e}");
             }
         }
     }

@@ -44,13 +44,19 @@ impl RouterProc {
     /// Returns as soon as the process is spawned: readiness is for the
     /// caller to wait for (a log line, or a port becoming connectable).
     pub fn start(env: &TestEnv, cfg: &RouterConfig) -> RouterProc {
+        RouterProc::start_in(env, cfg, env.dir())
+    }
+
+    /// Like [`RouterProc::start`], but the config (and so the base of its
+    /// relative TLS paths) and the log go into `dir`.
+    pub fn start_in(env: &TestEnv, cfg: &RouterConfig, dir: &Path) -> RouterProc {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let label = format!("{}-{n}", cfg.id);
-        let config_path = env.dir().join(format!("{label}.toml"));
+        let config_path = dir.join(format!("{label}.toml"));
         std::fs::write(&config_path, cfg.to_toml())
             .unwrap_or_else(|e| panic!("write {}: {e}", config_path.display()));
-        let log_path = env.dir().join(format!("{label}.log"));
+        let log_path = dir.join(format!("{label}.log"));
         let open_log = || {
             OpenOptions::new()
                 .create(true)
@@ -62,7 +68,7 @@ impl RouterProc {
         cmd.arg("router")
             .arg("--config")
             .arg(&config_path)
-            .current_dir(env.dir())
+            .current_dir(dir)
             .stdout(Stdio::from(open_log()))
             .stderr(Stdio::from(open_log()));
         let child = cmd
@@ -333,6 +339,35 @@ pub fn describe(routers: &[&RouterProc]) -> String {
         ));
     }
     s
+}
+
+/// Polls 127.0.0.1:`port` until it accepts a connection (see
+/// [`crate::net::wait_until_connectable`]), giving up early if one of
+/// `routers` exits. `Err` carries the routers' log tails.
+pub fn wait_connectable(port: u16, timeout: Duration, routers: &[&RouterProc]) -> Result<Duration, String> {
+    let start = Instant::now();
+    let step = Duration::from_millis(250);
+    let max_rounds = timeout.as_millis() as u64 / step.as_millis() as u64 + 2;
+    for _ in 0..max_rounds {
+        if let Some(dead) = routers.iter().find(|r| !r.is_running()) {
+            return Err(format!(
+                "router {} exited while waiting for 127.0.0.1:{port} to accept\n{}",
+                dead.label(),
+                describe(routers)
+            ));
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if crate::net::wait_until_connectable(port, left.min(step)).is_some() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            break;
+        }
+    }
+    Err(format!(
+        "127.0.0.1:{port} did not accept a connection within {timeout:?}\n{}",
+        describe(routers)
+    ))
 }
 
 /// True if the (lowercased) line says `link up` and names `peer` as

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use tether_tests::net::{echo_until_ok, refused_for, wait_until_connectable};
-use tether_tests::router::describe;
+use tether_tests::router::{describe, wait_connectable};
 use tether_tests::{free_port, RouterConfig, RouterProc, Service, TestEnv};
 
 #[test]
@@ -53,15 +53,12 @@ fn tcp_listener_binds_only_while_a_connector_is_reachable() {
     let west2 = env.start_router(&west_plain.clone().tcp_connector("backend", svc.port()));
     RouterProc::check(east.wait_link_up("west", mark, Duration::from_secs(20)), &[&east, &west2]);
     let link_seen = Instant::now();
-    match wait_until_connectable(client, Duration::from_secs(5)) {
-        Some(_) => println!(
+    match wait_connectable(client, Duration::from_secs(5), &[&east, &west2]) {
+        Ok(_) => println!(
             "tcp_listener accepted {:.0?} after east logged the link up",
             link_seen.elapsed()
         ),
-        None => panic!(
-            "tcp_listener did not accept within 5 s of the link to a router with a tcp_connector\n{}",
-            describe(&[&east, &west2])
-        ),
+        Err(e) => panic!("tcp_listener did not accept within 5 s of the link to a router with a tcp_connector: {e}"),
     }
     if let Err(e) = echo_until_ok(client, b"gated hello", Duration::from_secs(10)) {
         panic!("round trip through the newly bound listener: {e}\n{}", describe(&[&east, &west2]));

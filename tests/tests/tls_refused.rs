@@ -8,8 +8,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use tether_tests::net::{connect, expect_closed, refused_for, wait_until_connectable};
-use tether_tests::router::describe;
+use tether_tests::net::{connect, expect_closed, refused_for};
+use tether_tests::router::{describe, wait_connectable};
 use tether_tests::{free_port, RouterConfig, RouterProc, Service, TestEnv, TlsProfile};
 
 /// How long to wait for the refusal to be logged.
@@ -43,6 +43,15 @@ fn wait_refusal(routers: &[&RouterProc], since: &[usize], reasons: &[&str]) -> (
     let deadline = std::time::Instant::now() + LOG_WAIT;
     let pred = |l: &str| l.contains("refused") && reasons.iter().any(|r| l.contains(r));
     for _ in 0..(LOG_WAIT.as_millis() / 50 + 2) {
+        if let Some(dead) = routers.iter().find(|r| !r.is_running()) {
+            // One last look at the logs, then fail.
+            for (r, &m) in routers.iter().zip(since) {
+                if let Some(line) = r.matching_lines(m, pred).into_iter().next() {
+                    panic!("router {} exited after logging the refusal ({line})\n{}", dead.label(), describe(routers));
+                }
+            }
+            panic!("router {} exited\n{}", dead.label(), describe(routers));
+        }
         for (r, &m) in routers.iter().zip(since) {
             if let Some(line) = r.matching_lines(m, pred).into_iter().next() {
                 return (r.label().to_string(), line);
@@ -193,8 +202,8 @@ fn plain_tcp_peer_is_refused() {
             .listener(link, "site")
             .tls("site", env.tls_for("east")),
     );
-    if wait_until_connectable(link, Duration::from_secs(15)).is_none() {
-        panic!("east's inter-router listener never accepted\n{}", describe(&[&east]));
+    if let Err(e) = wait_connectable(link, Duration::from_secs(15), &[&east]) {
+        panic!("east's inter-router listener: {e}");
     }
     // The readiness probe above was a TCP connect without TLS too; let its
     // log line (if any) land before taking the mark.
@@ -223,6 +232,9 @@ fn duplicate_router_id_is_refused() {
     let deadline = std::time::Instant::now() + LOG_WAIT;
     let mut found = None;
     for _ in 0..(LOG_WAIT.as_millis() / 50 + 2) {
+        if let Some(dead) = routers.iter().find(|r| !r.is_running()) {
+            panic!("router {} exited\n{}", dead.label(), describe(&routers));
+        }
         for r in routers {
             if let Some(l) = r.matching_lines(0, |l| l.contains("duplicate router id")).into_iter().next() {
                 found = Some((r.label().to_string(), l));

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the project from a fresh clone: installs the system
+# tools the tests use (when missing), builds the release `tether` binary the
+# cross-process tests start, then runs the whole workspace's tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing test tools: ${need[*]}"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "warning: not root, cannot install ${need[*]}; tests needing them may fail" >&2
+  fi
+fi
+
+cargo build --release -p tether-router
+export TETHER_BIN="$PWD/target/release/tether"
+cargo test --workspace --release -- --test-threads="${TEST_THREADS:-2}"
