@@ -18,9 +18,9 @@ use crate::wire::code;
 /// Descriptor code of the Data section (`amqp:data:binary`).
 const DATA_DESCRIPTOR: u8 = 0x75;
 
-/// Fixed performative of a slot transfer: descriptor (3) + list8 header (3)
-/// + handle uint (5) + delivery-id uint (5) + tag vbin8 of 4 (6) +
-/// message-format uint0 (1) + settled (1).
+/// Fixed performative of a slot transfer: descriptor (3), list8 header (3),
+/// handle uint (5), delivery-id uint (5), tag vbin8 of 4 (6),
+/// message-format uint0 (1) and settled (1).
 const SLOT_PERFORMATIVE_LEN: usize = 24;
 /// Data section header: descriptor (3) + vbin32 constructor and length (5).
 const DATA_SECTION_HEADER_LEN: usize = 8;

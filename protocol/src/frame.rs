@@ -7,7 +7,7 @@
 //! functions. Nothing here does I/O, so the same code serves TLS and plain
 //! sockets, tests and fuzzing.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fe2o3_amqp_types::definitions::{Error as AmqpError, ErrorCondition};
 use fe2o3_amqp_types::performatives::{Close, Performative};
 use serde_amqp::primitives::Symbol;
@@ -191,7 +191,9 @@ pub fn decode_protocol_header(buf: &mut BytesMut) -> Result<Option<[u8; 8]>, Dec
         return Ok(None);
     };
     if header == AMQP_PROTOCOL_HEADER {
-        let _ = buf.split_to(8);
+        // advance, not split_to: nothing keeps the header bytes, and
+        // advancing avoids turning the buffer into a shared one.
+        buf.advance(8);
         return Ok(Some(header));
     }
     if header.starts_with(b"AMQP") {

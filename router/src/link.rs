@@ -729,10 +729,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
             match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
                 Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
                 Poll::Ready(Ok(n)) => {
-                    let _ = self.wbuf.split_to(n);
-                    if self.wbuf.is_empty() {
-                        self.wbuf.clear();
-                    }
+                    bytes::Buf::advance(&mut self.wbuf, n);
                     self.sent_since_tick = true;
                     self.flushing = true;
                     progress = true;
