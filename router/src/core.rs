@@ -29,7 +29,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{Config, ConnectorConfig, ListenerConfig, TcpConnectorConfig, TcpListenerConfig};
+use crate::config::{
+    Config, ConnectorConfig, ListenerConfig, TcpConnectorConfig, TcpListenerConfig,
+};
 use crate::flow::Flow;
 use crate::link::{establish, Link, LinkError, Side};
 use crate::tls::{describe_handshake_error, TlsMaterial};
@@ -161,8 +163,11 @@ impl Router {
         }
         let links = self.links.borrow();
         for d in table.remote_destinations(address) {
-            let Some(link) = links.get(&d.via) else { continue };
-            let score = (u64::from(d.cost) + 1) * (1 + u64::from(self.active(address, &d.router_id)));
+            let Some(link) = links.get(&d.via) else {
+                continue;
+            };
+            let score =
+                (u64::from(d.cost) + 1) * (1 + u64::from(self.active(address, &d.router_id)));
             if best.as_ref().is_none_or(|(s, _)| score < *s) {
                 best = Some((score, Choice::Remote(link.clone())));
             }
@@ -172,7 +177,9 @@ impl Router {
 
     fn new_client_flow(self: &Rc<Self>, address: &str, stream: TcpStream) {
         match self.choose(address) {
-            Some(Choice::Remote(link)) => Flow::start_ingress(&link, address, FlowSocket::new(stream)),
+            Some(Choice::Remote(link)) => {
+                Flow::start_ingress(&link, address, FlowSocket::new(stream))
+            }
             Some(Choice::Local) => self.local_flow(address, stream),
             // Raced with the address going away: closing tells the client.
             None => drop(stream),
@@ -199,8 +206,12 @@ impl Router {
                     let _ = service.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
                 }
-                Ok(Err(e)) => tracing::warn!(%address, "service {}:{} refused the connection: {e}", target.host, target.port),
-                Err(_) => tracing::warn!(%address, "service {}:{} did not answer within 5 s", target.host, target.port),
+                Ok(Err(e)) => {
+                    tracing::warn!(%address, "service {}:{} refused the connection: {e}", target.host, target.port)
+                }
+                Err(_) => {
+                    tracing::warn!(%address, "service {}:{} did not answer within 5 s", target.host, target.port)
+                }
             }
             router.flow_closed(&address, &router.id);
         });
@@ -211,8 +222,12 @@ impl Router {
     fn apply_reachability(self: &Rc<Self>, changes: Vec<ReachabilityChange>) {
         for c in &changes {
             match c {
-                ReachabilityChange::Reachable(a) => tracing::info!(address = %a, "address reachable"),
-                ReachabilityChange::Unreachable(a) => tracing::info!(address = %a, "address unreachable"),
+                ReachabilityChange::Reachable(a) => {
+                    tracing::info!(address = %a, "address reachable")
+                }
+                ReachabilityChange::Unreachable(a) => {
+                    tracing::info!(address = %a, "address unreachable")
+                }
             }
         }
         if !changes.is_empty() {
@@ -287,7 +302,12 @@ impl Router {
     }
 
     /// Runs one link from a fresh TLS stream until it ends.
-    async fn run_link<S>(self: &Rc<Self>, stream: S, side: Side, how: String) -> Result<Duration, LinkError>
+    async fn run_link<S>(
+        self: &Rc<Self>,
+        stream: S,
+        side: Side,
+        how: String,
+    ) -> Result<Duration, LinkError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -320,7 +340,12 @@ async fn accept_clients(router: Rc<Router>, address: String, listener: TcpListen
     }
 }
 
-async fn accept_links(router: Rc<Router>, cfg: ListenerConfig, listener: TcpListener, tls: Arc<TlsMaterial>) {
+async fn accept_links(
+    router: Rc<Router>,
+    cfg: ListenerConfig,
+    listener: TcpListener,
+    tls: Arc<TlsMaterial>,
+) {
     let acceptor = TlsAcceptor::from(tls.server.clone());
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -350,7 +375,10 @@ async fn accept_links(router: Rc<Router>, cfg: ListenerConfig, listener: TcpList
             };
             let mut tls = tls;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-            if let Err(e) = router.run_link(tls, Side::Listener, format!("accepted from {peer}")).await {
+            if let Err(e) = router
+                .run_link(tls, Side::Listener, format!("accepted from {peer}"))
+                .await
+            {
                 log_link_failure(&format!("inter-router connection from {peer}"), &e);
             }
         });
@@ -390,19 +418,28 @@ async fn connector_loop(router: Rc<Router>, cfg: ConnectorConfig, tls: Arc<TlsMa
     }
 }
 
-async fn connect_once(router: &Rc<Router>, cfg: &ConnectorConfig, connector: &TlsConnector) -> Result<Duration, String> {
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect((cfg.host.as_str(), cfg.port)))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| format!("connect failed: {e}"))?;
+async fn connect_once(
+    router: &Rc<Router>,
+    cfg: &ConnectorConfig,
+    connector: &TlsConnector,
+) -> Result<Duration, String> {
+    let tcp = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        TcpStream::connect((cfg.host.as_str(), cfg.port)),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("connect failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let server_name = ServerName::try_from(cfg.host.clone()).map_err(|e| format!("invalid host name {}: {e}", cfg.host))?;
+    let server_name = ServerName::try_from(cfg.host.clone())
+        .map_err(|e| format!("invalid host name {}: {e}", cfg.host))?;
     let io = BufReader::with_capacity(TLS_READ_BUFFER, tcp);
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, io)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("refused: {}", describe_handshake_error(&e))),
-        Err(_) => return Err("refused: TLS handshake timed out".into()),
-    };
+    let mut tls =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, io)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("refused: {}", describe_handshake_error(&e))),
+            Err(_) => return Err("refused: TLS handshake timed out".into()),
+        };
     tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     let how = format!("connector {}:{}", cfg.host, cfg.port);
     router
@@ -457,10 +494,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .ok_or_else(|| format!("no TLS profile named {name:?}"))
     };
     for l in &config.listeners {
-        let addr = resolve(&l.host, l.port).map_err(|e| format!("{}: cannot resolve {}:{}: {e}", l.name, l.host, l.port))?;
-        let listener = tether_tcp::bind_listener(addr).map_err(|e| format!("{}: cannot listen on {addr}: {e}", l.name))?;
+        let addr = resolve(&l.host, l.port)
+            .map_err(|e| format!("{}: cannot resolve {}:{}: {e}", l.name, l.host, l.port))?;
+        let listener = tether_tcp::bind_listener(addr)
+            .map_err(|e| format!("{}: cannot listen on {addr}: {e}", l.name))?;
         tracing::info!(listener = %l.name, "inter-router listener on {addr}");
-        tokio::task::spawn_local(accept_links(router.clone(), l.clone(), listener, profile(&l.tls)?));
+        tokio::task::spawn_local(accept_links(
+            router.clone(),
+            l.clone(),
+            listener,
+            profile(&l.tls)?,
+        ));
     }
     for c in &config.connectors {
         tokio::task::spawn_local(connector_loop(router.clone(), c.clone(), profile(&c.tls)?));

@@ -52,7 +52,8 @@ impl Drop for TempDir {
 /// Runs the demo; see the module documentation.
 pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
     let dir = TempDir(std::env::temp_dir().join(format!("tether-demo-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+    std::fs::create_dir_all(&dir.0)
+        .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
     crate::tls::generate_site_certs(&dir.0, &SITES).map_err(|e| format!("certificates: {e}"))?;
 
     let port = |i: u16| base_port + i;
@@ -84,7 +85,9 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
                 cfg += &format!("[[tcp_listener]]\naddress = \"echo\"\nhost = \"127.0.0.1\"\nport = {north_listener_port}\n\n")
             }
         }
-        cfg += &format!("[tls.site]\nca = \"ca.pem\"\ncert = \"{site}.pem\"\nkey = \"{site}-key.pem\"\n");
+        cfg += &format!(
+            "[tls.site]\nca = \"ca.pem\"\ncert = \"{site}.pem\"\nkey = \"{site}-key.pem\"\n"
+        );
         std::fs::write(dir.0.join(format!("{site}.toml")), cfg).map_err(|e| e.to_string())?;
     }
 
@@ -99,7 +102,8 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children = Children(Vec::new());
     for site in SITES {
-        let log = std::fs::File::create(dir.0.join(format!("{site}.log"))).map_err(|e| e.to_string())?;
+        let log =
+            std::fs::File::create(dir.0.join(format!("{site}.log"))).map_err(|e| e.to_string())?;
         let child = Command::new(&exe)
             .arg("router")
             .arg("--config")
@@ -143,15 +147,21 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
     let mut workers = Vec::new();
     for _ in 0..PING_CLIENTS {
         let (s, st) = (stats.clone(), stop.clone());
-        workers.push(thread::spawn(move || ping_client(east_listener_port, s, st)));
+        workers.push(thread::spawn(move || {
+            ping_client(east_listener_port, s, st)
+        }));
     }
     {
         let (s, st) = (stats.clone(), stop.clone());
-        workers.push(thread::spawn(move || bulk_client(east_listener_port, s, st)));
+        workers.push(thread::spawn(move || {
+            bulk_client(east_listener_port, s, st)
+        }));
     }
     {
         let (s, st) = (stats.clone(), stop.clone());
-        workers.push(thread::spawn(move || ping_client(north_listener_port, s, st)));
+        workers.push(thread::spawn(move || {
+            ping_client(north_listener_port, s, st)
+        }));
     }
 
     let started = Instant::now();
@@ -167,7 +177,11 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
         let rt = stats.round_trips.load(Ordering::Relaxed);
         let mut lat = std::mem::take(&mut *stats.latencies_us.lock().map_err(|_| "stats lock")?);
         lat.sort_unstable();
-        let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
         println!(
             "{:>5}s  {:>5}  east:{east_listener_port}, north:{north_listener_port} -> echo -> west:{service_port}  {:>8.1} Mbit/s  {:>12.0}  {:>6} us  {:>6} us  {}",
             started.elapsed().as_secs(),
@@ -194,7 +208,11 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
         let _ = w.join();
     }
     drop(children);
-    println!("\nstopped all routers; total {} MB echoed, {} round trips", stats.bytes.load(Ordering::Relaxed) / 1_000_000, stats.round_trips.load(Ordering::Relaxed));
+    println!(
+        "\nstopped all routers; total {} MB echoed, {} round trips",
+        stats.bytes.load(Ordering::Relaxed) / 1_000_000,
+        stats.round_trips.load(Ordering::Relaxed)
+    );
     Ok(())
 }
 
@@ -208,7 +226,10 @@ fn print_logs(dir: &Path) {
 
 fn install_ctrl_c(stop: Arc<AtomicBool>) {
     thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         rt.block_on(async {

@@ -108,7 +108,12 @@ impl Flow {
     pub fn start_ingress(link: &Rc<Link>, address: &str, socket: FlowSocket) {
         let router = &link.router;
         let name = format!("{}/{}", router.id, router.next_flow_key());
-        let flow = Flow::new(link, name.clone(), address.to_string(), link.peer_id.clone());
+        let flow = Flow::new(
+            link,
+            name.clone(),
+            address.to_string(),
+            link.peer_id.clone(),
+        );
         *flow.socket.borrow_mut() = Some(Rc::new(socket));
         link.register_flow(&flow);
         link.expect_attach(name.clone(), &flow);
@@ -157,7 +162,10 @@ impl Flow {
             tracing::warn!(address = %self.address, flow = %self.name, "no tcp_connector for address; refusing flow");
             self.abort(
                 COND_SERVICE_UNAVAILABLE,
-                format!("router {} has no tcp_connector for {}", link.router.id, self.address),
+                format!(
+                    "router {} has no tcp_connector for {}",
+                    link.router.id, self.address
+                ),
             );
             return;
         };
@@ -346,7 +354,8 @@ impl Flow {
                     .send_detach(self.tx_handle, Some((condition, reason.clone())));
             }
             if send_rx {
-                self.link.send_detach(self.rx_handle, Some((condition, reason)));
+                self.link
+                    .send_detach(self.rx_handle, Some((condition, reason)));
             }
         }
         if let Some(sock) = self.socket.borrow().as_ref() {
@@ -427,10 +436,8 @@ impl Flow {
                         }
                     }
                 }
-                let shut_now = st.aborted.is_none()
-                    && st.rx_eof
-                    && st.queue.is_empty()
-                    && !st.write_shut;
+                let shut_now =
+                    st.aborted.is_none() && st.rx_eof && st.queue.is_empty() && !st.write_shut;
                 if shut_now {
                     st.write_shut = true;
                     drop(st);

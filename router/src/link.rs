@@ -37,8 +37,8 @@ use tether_protocol::types::performatives::{
     Attach, Begin, ChannelMax, Close, Detach, Flow as FlowFrame, MaxFrameSize, Open,
 };
 use tether_protocol::{
-    data_section_body, encode_performative, encode_transfer, DecodeError, FrameBody,
-    FrameDecoder, Performative, TransferHeader, AMQP_PROTOCOL_HEADER,
+    data_section_body, encode_performative, encode_transfer, DecodeError, FrameBody, FrameDecoder,
+    Performative, TransferHeader, AMQP_PROTOCOL_HEADER,
 };
 use tether_routing::{NeighbourId, RouterMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -451,11 +451,9 @@ impl std::fmt::Display for LinkError {
                 f,
                 "duplicate router id: peer uses this router's own id \"{id}\""
             ),
-            LinkError::Silent(d) => write!(
-                f,
-                "peer silent for {} ms (dead interval)",
-                d.as_millis()
-            ),
+            LinkError::Silent(d) => {
+                write!(f, "peer silent for {} ms (dead interval)", d.as_millis())
+            }
             LinkError::Closed => write!(f, "connection closed by peer"),
         }
     }
@@ -543,21 +541,16 @@ where
                 read_more(&mut io, &mut rbuf, deadline).await?;
                 continue;
             }
-            Err(e) => return Err(LinkError::Decode(e)),
+            Err(e) => {
+                send_close(&mut io, e.condition(), &e.to_string()).await;
+                return Err(LinkError::Decode(e));
+            }
         };
         match frame.body {
             FrameBody::Performative(Performative::Open(o)) if peer_open.is_none() => {
                 if o.container_id == router.id {
-                    let mut out = BytesMut::new();
-                    let close = Close {
-                        error: Some(amqp_error(
-                            COND_DUPLICATE_ID,
-                            format!("router id \"{}\" is already in use", router.id),
-                        )),
-                    };
-                    let _ = encode_performative(&mut out, 0, &Performative::Close(close));
-                    let _ = io.write_all(&out).await;
-                    let _ = io.flush().await;
+                    let why = format!("router id \"{}\" is already in use", router.id);
+                    send_close(&mut io, COND_DUPLICATE_ID, &why).await;
                     return Err(LinkError::DuplicateId(o.container_id));
                 }
                 if o.max_frame_size.0 < MIN_PEER_FRAME_SIZE {
@@ -589,9 +582,9 @@ where
             }
             FrameBody::Heartbeat => {}
             _ => {
-                return Err(LinkError::Protocol(
-                    "expected Open then Begin from the peer".into(),
-                ))
+                let why = "expected Open then Begin from the peer";
+                send_close(&mut io, "amqp:not-allowed", why).await;
+                return Err(LinkError::Protocol(why.into()));
             }
         }
     }
@@ -649,6 +642,22 @@ where
     Ok((link, driver))
 }
 
+/// Best-effort Close with an error before dropping a connection that failed
+/// while opening.
+async fn send_close<S: AsyncWrite + Unpin>(io: &mut S, condition: &str, description: &str) {
+    let mut out = BytesMut::new();
+    let close = Close {
+        error: Some(amqp_error(condition, description.to_string())),
+    };
+    if encode_performative(&mut out, 0, &Performative::Close(close)).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = io.write_all(&out).await;
+            let _ = io.flush().await;
+        })
+        .await;
+    }
+}
+
 async fn read_more<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut BytesMut,
@@ -687,32 +696,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
 
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Result<bool, LinkError> {
         let mut progress = false;
-        // Read and dispatch.
+        // Read, then dispatch every whole frame buffered (the handshake may
+        // have read frames the peer pipelined behind its Begin).
         self.rbuf.reserve(READ_CHUNK);
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
             Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
             Poll::Ready(Ok(_)) => {
                 progress = true;
                 self.last_recv = Instant::now();
-                loop {
-                    let frame = match self.decoder.decode(&mut self.rbuf) {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => break,
-                        Err(e) => {
-                            self.close_with(e.condition(), &e.to_string());
-                            return Err(LinkError::Decode(e));
-                        }
-                    };
-                    if let Err(e) = self.link.dispatch(frame.body) {
-                        if let LinkError::Decode(d) = &e {
-                            self.close_with(d.condition(), &d.to_string());
-                        }
-                        return Err(e);
-                    }
-                }
             }
             Poll::Ready(Err(e)) => return Err(LinkError::Io(e)),
             Poll::Pending => {}
+        }
+        loop {
+            let frame = match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    self.close_with(e.condition(), &e.to_string());
+                    return Err(LinkError::Decode(e));
+                }
+            };
+            if let Err(e) = self.link.dispatch(frame.body) {
+                if let LinkError::Decode(d) = &e {
+                    self.close_with(d.condition(), &d.to_string());
+                }
+                return Err(e);
+            }
         }
         // Write: take everything flows appended, one write per batch.
         if self.wbuf.is_empty() {
@@ -753,8 +763,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
                 return Err(LinkError::Silent(silent));
             }
             if !self.sent_since_tick {
-                self.link
-                    .with_out(tether_protocol::encode_heartbeat);
+                self.link.with_out(tether_protocol::encode_heartbeat);
             }
             self.sent_since_tick = false;
             self.timer.as_mut().reset(now + self.hello_interval);

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "Tether: a Layer-7 service interconnect")]
+#[command(
+    name = "tether",
+    version,
+    about = "Tether: a Layer-7 service interconnect"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,7 +22,12 @@ enum Command {
     /// Run a router from a config file, or check the file with --check.
     Router {
         /// The router's TOML config file.
-        #[arg(long, value_name = "FILE", conflicts_with = "check", required_unless_present = "check")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "check",
+            required_unless_present = "check"
+        )]
         config: Option<PathBuf>,
         /// Validate FILE (syntax, keys, TLS files) and exit without starting.
         #[arg(long, value_name = "FILE")]
@@ -57,7 +66,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Router { check: Some(file), .. } => match tether_router::config::load(&file) {
+        Command::Router {
+            check: Some(file), ..
+        } => match tether_router::config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
@@ -67,7 +78,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Router { config: Some(file), .. } => {
+        Command::Router {
+            config: Some(file), ..
+        } => {
             let config = match tether_router::config::load(&file) {
                 Ok(c) => c,
                 Err(e) => {
@@ -97,7 +110,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { duration, base_port } => {
+        Command::Demo {
+            duration,
+            base_port,
+        } => {
             init_logging();
             match tether_router::demo::run(duration, base_port) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +127,10 @@ fn main() -> ExitCode {
 }
 
 fn run_router(config: tether_router::config::Config) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tether: cannot start runtime: {e}");
