@@ -295,23 +295,26 @@ impl Flow {
             self.maybe_finish();
             return;
         }
-        let mut st = self.st.borrow_mut();
         match dir {
             Dir::Recv => {
                 // The far end's socket reached EOF: half-close ours once the
                 // queued bytes are out.
-                st.rx_remote_detached = true;
-                st.rx_eof = true;
-                if !st.rx_local_detached {
-                    st.rx_local_detached = true;
-                    drop(st);
+                let echo = {
+                    let mut st = self.st.borrow_mut();
+                    st.rx_remote_detached = true;
+                    st.rx_eof = true;
+                    !std::mem::replace(&mut st.rx_local_detached, true)
+                };
+                if echo {
                     self.link.send_detach(self.rx_handle, None);
                 }
             }
             Dir::Send => {
-                st.tx_remote_detached = true;
-                let early = !st.tx_local_detached;
-                drop(st);
+                let early = {
+                    let mut st = self.st.borrow_mut();
+                    st.tx_remote_detached = true;
+                    !st.tx_local_detached
+                };
                 if early {
                     self.abort(COND_FLOW_ABORTED, "peer closed the flow".into());
                 }
@@ -358,7 +361,8 @@ impl Flow {
                     .send_detach(self.rx_handle, Some((condition, reason)));
             }
         }
-        if let Some(sock) = self.socket.borrow().as_ref() {
+        // Close now with an RST; the flow's bookkeeping waits for the peer.
+        if let Some(sock) = self.socket.borrow_mut().take() {
             sock.reset();
         }
         self.release_done_handles();
@@ -378,7 +382,7 @@ impl Flow {
         st.rx_local_detached = true;
         st.queue.clear();
         drop(st);
-        if let Some(sock) = self.socket.borrow().as_ref() {
+        if let Some(sock) = self.socket.borrow_mut().take() {
             sock.reset();
         }
         self.wake();
@@ -418,6 +422,8 @@ impl Flow {
                 return Poll::Ready(());
             }
             let Some(sock) = self.socket.borrow().clone() else {
+                // Still connecting (egress), or aborted and waiting for the
+                // peer's detaches.
                 return Poll::Pending;
             };
             let mut progress = false;
@@ -508,7 +514,7 @@ impl Flow {
             }
             Poll::Ready(Ok(_)) => {
                 let mut st = self.st.borrow_mut();
-                st.credit -= 1;
+                st.credit = st.credit.saturating_sub(1);
                 st.delivery_count = st.delivery_count.wrapping_add(1);
                 drop(st);
                 self.link.wake_driver();

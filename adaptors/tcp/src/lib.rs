@@ -112,11 +112,11 @@ impl FlowSocket {
         let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
     }
 
-    /// Makes the eventual close abortive (RST), used when the far end of the
-    /// flow was reset or the flow broke.
+    /// Makes the close abortive (RST instead of FIN), used when the far end
+    /// of the flow was reset or the flow broke. The RST goes out when the
+    /// socket is dropped; no shutdown here, which would send a FIN first.
     pub fn reset(&self) {
         let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
-        let _ = SockRef::from(&self.stream).shutdown(Shutdown::Both);
     }
 }
 
@@ -202,11 +202,7 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Opens a connection to a service for a `tcp_connector`, bounded by
 /// `timeout`.
-pub async fn connect_service(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> io::Result<FlowSocket> {
+pub async fn connect_service(host: &str, port: u16, timeout: Duration) -> io::Result<FlowSocket> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
