@@ -41,6 +41,10 @@ pub enum Dir {
     Recv,
 }
 
+/// Owed credit for this many written bytes is returned at once (bulk
+/// flows: 64 KiB batches keep the sender streaming).
+const CREDIT_BYTES_NOW: usize = 64 * 1024;
+
 /// How long an egress router waits for a service to accept a connection.
 const SERVICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -74,6 +78,8 @@ struct FlowState {
     rx_received: u32,
     rx_outstanding: u32,
     credit_owed: u32,
+    credit_owed_bytes: usize,
+    credit_deferred: bool,
     rx_eof: bool,
     write_shut: bool,
     rx_local_detached: bool,
@@ -216,7 +222,7 @@ impl Flow {
     }
 
     /// Incoming bytes for the socket (one delivery).
-    pub(crate) fn on_data(&self, data: Bytes) {
+    pub(crate) fn on_data(self: &Rc<Self>, data: Bytes) {
         let mut st = self.st.borrow_mut();
         if st.aborted.is_some() || st.rx_eof {
             return;
@@ -245,24 +251,48 @@ impl Flow {
         self.wake();
     }
 
-    /// Returns credit for deliveries written to the socket, in batches.
-    fn credit_written(&self) {
+    /// Accounts for deliveries written to the socket and returns their
+    /// credit: at once when the sender may be running short (half the
+    /// window owed, or 64 KiB of bytes), otherwise riding on the link's
+    /// next write so request/response traffic sends no extra frames.
+    fn credit_written(self: &Rc<Self>) {
         let mut st = self.st.borrow_mut();
-        let done = st.queue.take_completed();
+        let (done, done_bytes) = st.queue.take_completed();
         if done == 0 {
             return;
         }
         st.rx_outstanding -= done.min(st.rx_outstanding);
         st.credit_owed += done;
-        let window = self.link.router.settings().window_credits;
-        let batch = (window / 8).max(1);
-        if st.credit_owed >= batch && !st.rx_local_detached {
-            st.credit_owed = 0;
-            let credit = window.saturating_sub(st.rx_outstanding);
-            let count = st.rx_received;
-            drop(st);
-            self.link.send_credit(self.rx_handle, count, credit);
+        st.credit_owed_bytes += done_bytes;
+        if st.rx_local_detached {
+            return;
         }
+        let window = self.link.router.settings().window_credits;
+        if st.credit_owed >= (window / 2).max(1) || st.credit_owed_bytes >= CREDIT_BYTES_NOW {
+            drop(st);
+            self.flush_credit();
+        } else if st.credit_owed >= (window / 8).max(1) && !st.credit_deferred {
+            st.credit_deferred = true;
+            drop(st);
+            self.link.defer_credit(self.clone());
+        }
+    }
+
+    /// Sends the credit owed, if any (also called by the link driver just
+    /// before it writes, for deferred credit).
+    pub(crate) fn flush_credit(&self) {
+        let mut st = self.st.borrow_mut();
+        st.credit_deferred = false;
+        if st.credit_owed == 0 || st.rx_local_detached {
+            return;
+        }
+        st.credit_owed = 0;
+        st.credit_owed_bytes = 0;
+        let window = self.link.router.settings().window_credits;
+        let credit = window.saturating_sub(st.rx_outstanding);
+        let count = st.rx_received;
+        drop(st);
+        self.link.send_credit(self.rx_handle, count, credit);
     }
 
     /// The peer granted credit on our sending link.
@@ -410,7 +440,7 @@ impl Flow {
 
     /// The flow task: moves bytes between the socket and the link until the
     /// flow ends.
-    pub fn poll_io(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_io(self: &Rc<Self>, cx: &mut Context<'_>) -> Poll<()> {
         {
             let mut w = self.waker.borrow_mut();
             if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

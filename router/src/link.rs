@@ -89,6 +89,7 @@ pub struct Link {
     space_waiters: RefCell<Vec<Waker>>,
     endpoints: RefCell<HashMap<u32, Endpoint>>,
     awaiting_attach: RefCell<HashMap<String, Rc<Flow>>>,
+    deferred_credit: RefCell<Vec<Rc<Flow>>>,
     handles: RefCell<HandleAllocator>,
     next_delivery_id: Cell<u32>,
     flows: RefCell<HashMap<u64, Rc<Flow>>>,
@@ -147,6 +148,18 @@ impl Link {
         let mut waiters = self.space_waiters.borrow_mut();
         if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
             waiters.push(cx.waker().clone());
+        }
+    }
+
+    /// Queues a flow's credit to go out with the link's next write.
+    pub(crate) fn defer_credit(&self, flow: Rc<Flow>) {
+        self.deferred_credit.borrow_mut().push(flow);
+    }
+
+    fn flush_deferred_credit(&self) {
+        let flows = std::mem::take(&mut *self.deferred_credit.borrow_mut());
+        for f in flows {
+            f.flush_credit();
         }
     }
 
@@ -274,6 +287,7 @@ impl Link {
         }
         self.endpoints.borrow_mut().clear();
         self.awaiting_attach.borrow_mut().clear();
+        self.deferred_credit.borrow_mut().clear();
         for w in self.space_waiters.borrow_mut().drain(..) {
             w.wake();
         }
@@ -612,6 +626,7 @@ where
         space_waiters: RefCell::new(Vec::new()),
         endpoints: RefCell::new(HashMap::new()),
         awaiting_attach: RefCell::new(HashMap::new()),
+        deferred_credit: RefCell::new(Vec::new()),
         handles: RefCell::new(HandleAllocator::default()),
         next_delivery_id: Cell::new(0),
         flows: RefCell::new(HashMap::new()),
@@ -726,6 +741,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
         }
         // Write: take everything flows appended, one write per batch.
         if self.wbuf.is_empty() {
+            if !self.link.out.borrow().is_empty() {
+                self.link.flush_deferred_credit();
+            }
             let mut out = self.link.out.borrow_mut();
             if !out.is_empty() {
                 std::mem::swap(&mut *out, &mut self.wbuf);

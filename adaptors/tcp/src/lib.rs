@@ -21,8 +21,9 @@ use std::net::{Shutdown, SocketAddr};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Most bytes one socket read puts into one transfer.
@@ -60,12 +61,29 @@ impl FlowSocket {
         for _ in 0..4 {
             ready!(self.stream.poll_read_ready(cx))?;
             out.reserve(max);
-            let mut limited = (&mut *out).limit(max);
-            match self.stream.try_read_buf(&mut limited) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+            let mut got = 0;
+            let result = self.stream.try_io(Interest::READABLE, || {
+                let spare = &mut out.spare_capacity_mut()[..max];
+                let n = SockRef::from(&self.stream).recv(spare)?;
+                got = n;
+                if n > 0 && n < max {
+                    // A short read drained the socket: report WouldBlock so
+                    // tokio clears readiness now instead of after one more
+                    // empty read() next time round.
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match result {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            // SAFETY: recv() initialised the first `got` bytes of the spare
+            // capacity.
+            unsafe { out.set_len(out.len() + got) };
+            return Poll::Ready(Ok(got));
         }
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -128,6 +146,7 @@ pub struct WriteQueue {
     chunks: VecDeque<Bytes>,
     bytes: usize,
     completed: u32,
+    completed_bytes: usize,
 }
 
 impl WriteQueue {
@@ -149,9 +168,12 @@ impl WriteQueue {
         self.bytes
     }
 
-    /// Deliveries fully written since the last call.
-    pub fn take_completed(&mut self) -> u32 {
-        std::mem::take(&mut self.completed)
+    /// Deliveries fully written since the last call, and their bytes.
+    pub fn take_completed(&mut self) -> (u32, usize) {
+        (
+            std::mem::take(&mut self.completed),
+            std::mem::take(&mut self.completed_bytes),
+        )
     }
 
     fn fill_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
@@ -165,6 +187,7 @@ impl WriteQueue {
 
     fn consume(&mut self, mut written: usize) {
         self.bytes -= written.min(self.bytes);
+        self.completed_bytes += written;
         while written > 0 {
             let Some(front) = self.chunks.front_mut() else {
                 break;
@@ -220,13 +243,13 @@ mod tests {
         q.push(Bytes::from_static(b"world"));
         assert_eq!(q.len(), 10);
         q.consume(3);
-        assert_eq!(q.take_completed(), 0);
+        assert_eq!(q.take_completed(), (0, 3));
         q.consume(4);
-        assert_eq!(q.take_completed(), 1);
+        assert_eq!(q.take_completed(), (1, 4));
         assert_eq!(q.len(), 3);
         q.consume(3);
         assert!(q.is_empty());
-        assert_eq!(q.take_completed(), 1);
+        assert_eq!(q.take_completed(), (1, 3));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -244,7 +267,7 @@ mod tests {
         std::future::poll_fn(|cx| client.poll_write_queue(cx, &mut q))
             .await
             .unwrap();
-        assert_eq!(q.take_completed(), 2);
+        assert_eq!(q.take_completed(), (2, 7));
         client.shutdown_write();
 
         let mut got = BytesMut::new();
