@@ -409,6 +409,10 @@ def print_table(results, order):
             fc += list(((results[p].get(run) or {}).get("foreign_cpu") or {}).values())
         cells.append(f"{(max(fc) if fc else 0):>22.2f}")
     print(f"{'foreign CPU, max [cores]':<{w0}}" + "".join(cells))
+    worst = max((float(c) for c in cells), default=0.0)
+    if worst > 0.2:
+        print(f"\nwarning: other processes used up to {worst:.2f} cores during a phase; these figures "
+              "are disturbed. Re-run on a quiet machine, or with --idle-wait 30.")
     print("\nratios are path / direct: higher is better for bulk and conn/s, lower for latency.")
     print("RSS/PSS: the path's processes (both routers for tether; socat and its forks; haproxy).")
     return summary

@@ -79,14 +79,14 @@ impl<'a> Reader<'a> {
         self.buf.len()
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn u8(&mut self) -> Result<u8, &'static str> {
         let b = *self.buf.get(self.pos).ok_or(ERR_TRUNCATED)?;
         self.pos += 1;
         Ok(b)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
         let end = self.pos.checked_add(N).ok_or(ERR_TRUNCATED)?;
         let s = self.buf.get(self.pos..end).ok_or(ERR_TRUNCATED)?;
@@ -96,13 +96,13 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn u32(&mut self) -> Result<u32, &'static str> {
         self.array::<4>().map(u32::from_be_bytes)
     }
 
     /// Advances over `n` bytes, returning their start offset.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn skip(&mut self, n: usize) -> Result<usize, &'static str> {
         let start = self.pos;
         let end = start.checked_add(n).ok_or(ERR_TRUNCATED)?;

@@ -71,11 +71,12 @@ impl Tether {
         cmd
     }
 
-    /// Runs `tether router --check FILE` (bounded: 20 s).
+    /// Runs `tether router --check FILE` (bounded: 5 s; a check only
+    /// parses and reads a few files).
     pub fn check_config(&self, file: &Path) -> Output {
         let mut cmd = self.command();
         cmd.arg("router").arg("--check").arg(file);
-        run_bounded(cmd, Duration::from_secs(20))
+        run_bounded(cmd, Duration::from_secs(5))
     }
 
     /// Runs `tether router --config FILE` expecting it to fail at startup;
@@ -119,7 +120,11 @@ impl Output {
         format!(
             "status: {:?}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.status,
-            if self.timed_out { " (killed: timed out)" } else { "" },
+            if self.timed_out {
+                " (killed: timed out)"
+            } else {
+                ""
+            },
             self.stdout,
             self.stderr
         )

@@ -208,7 +208,15 @@ mod tests {
         let foreign = c.foreign_leaf("west");
         let expired = c.expired_leaf("west");
         let mismatch = c.mismatched_key("east");
-        for f in [CA_FILE, OTHER_CA_FILE, &ok.cert, &ok.key, &foreign.cert, &expired.cert, &mismatch.key] {
+        for f in [
+            CA_FILE,
+            OTHER_CA_FILE,
+            &ok.cert,
+            &ok.key,
+            &foreign.cert,
+            &expired.cert,
+            &mismatch.key,
+        ] {
             let s = std::fs::read_to_string(dir.path().join(f)).unwrap();
             assert!(s.starts_with("-----BEGIN "), "{f}: {s}");
         }

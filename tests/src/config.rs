@@ -248,8 +248,7 @@ pub fn toml_str(v: &str) -> String {
 /// A TOML key: bare if possible, else quoted.
 pub fn toml_key(k: &str) -> String {
     if !k.is_empty()
-        && k
-            .chars()
+        && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         k.to_string()
@@ -270,14 +269,23 @@ mod tests {
             .connector(2, "site")
             .tcp_listener("backend", 3)
             .tcp_connector("backend", 4)
-            .tls("site", TlsProfile::new("ca.pem", "east.pem", "east-key.pem"))
+            .tls(
+                "site",
+                TlsProfile::new("ca.pem", "east.pem", "east-key.pem"),
+            )
             .to_toml();
         assert!(t.starts_with("[router]\nid = \"east\"\nhello_interval_ms = 200\n"));
         assert!(t.contains("[[listener]]\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = 1\ntls = \"site\"\n"));
         assert!(t.contains("[[connector]]\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = 2\ncost = 1\ntls = \"site\"\n"));
-        assert!(t.contains("[[tcp_listener]]\naddress = \"backend\"\nhost = \"127.0.0.1\"\nport = 3\n"));
-        assert!(t.contains("[[tcp_connector]]\naddress = \"backend\"\nhost = \"127.0.0.1\"\nport = 4\n"));
-        assert!(t.contains("[tls.site]\nca = \"ca.pem\"\ncert = \"east.pem\"\nkey = \"east-key.pem\"\n"));
+        assert!(
+            t.contains("[[tcp_listener]]\naddress = \"backend\"\nhost = \"127.0.0.1\"\nport = 3\n")
+        );
+        assert!(t.contains(
+            "[[tcp_connector]]\naddress = \"backend\"\nhost = \"127.0.0.1\"\nport = 4\n"
+        ));
+        assert!(t.contains(
+            "[tls.site]\nca = \"ca.pem\"\ncert = \"east.pem\"\nkey = \"east-key.pem\"\n"
+        ));
         assert_eq!(toml_str("a\"b\\"), "\"a\\\"b\\\\\"");
     }
 }

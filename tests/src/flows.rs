@@ -42,7 +42,12 @@ impl TransferReport {
 /// Sends `nbytes` of random data (from `seed`) to the echo service behind
 /// `port` while reading the echo concurrently; half-closes after the last
 /// byte and reads to EOF. Bounded by `timeout` overall.
-pub fn echo_transfer(port: u16, nbytes: u64, seed: u64, timeout: Duration) -> Result<TransferReport, String> {
+pub fn echo_transfer(
+    port: u16,
+    nbytes: u64,
+    seed: u64,
+    timeout: Duration,
+) -> Result<TransferReport, String> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut reader = connect(port).map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
@@ -98,7 +103,12 @@ pub fn echo_transfer(port: u16, nbytes: u64, seed: u64, timeout: Duration) -> Re
     })
 }
 
-fn write_random(s: &mut TcpStream, nbytes: u64, seed: u64, deadline: Instant) -> Result<(u64, [u8; 32]), String> {
+fn write_random(
+    s: &mut TcpStream,
+    nbytes: u64,
+    seed: u64,
+    deadline: Instant,
+) -> Result<(u64, [u8; 32]), String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut hasher = Sha256::new();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -111,7 +121,8 @@ fn write_random(s: &mut TcpStream, nbytes: u64, seed: u64, deadline: Instant) ->
         let k = (nbytes - sent).min(chunk.len() as u64) as usize;
         rng.fill_bytes(&mut chunk[..k]);
         hasher.update(&chunk[..k]);
-        write_all_by(s, &chunk[..k], deadline).map_err(|e| format!("write after {sent} of {nbytes} bytes: {e}"))?;
+        write_all_by(s, &chunk[..k], deadline)
+            .map_err(|e| format!("write after {sent} of {nbytes} bytes: {e}"))?;
         sent += k as u64;
     }
     s.shutdown(Shutdown::Write)
@@ -128,15 +139,26 @@ pub fn write_all_by(s: &mut TcpStream, data: &[u8], deadline: Instant) -> std::i
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(std::io::Error::new(ErrorKind::TimedOut, "write deadline passed"));
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                "write deadline passed",
+            ));
         }
         s.set_write_timeout(Some(left))?;
         match s.write(&data[off..]) {
-            Ok(0) => return Err(std::io::Error::new(ErrorKind::WriteZero, "write returned 0")),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::WriteZero,
+                    "write returned 0",
+                ))
+            }
             Ok(n) => off += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(std::io::Error::new(ErrorKind::TimedOut, "write deadline passed"))
+                return Err(std::io::Error::new(
+                    ErrorKind::TimedOut,
+                    "write deadline passed",
+                ))
             }
             Err(e) => return Err(e),
         }

@@ -19,6 +19,8 @@
 //! - [`services`]: threaded echo, source/sink and custom TCP services that
 //!   stand for the "real service" behind a `tcp_connector`.
 //! - [`procfs`]: RSS of a process and the file-descriptor limit.
+//! - [`tlspeer`]: a rustls client/server standing in for a peer router, for
+//!   certificates a real router would refuse to start with.
 //!
 //! Every wait in this crate is bounded (a deadline and a loop count), every
 //! socket has read and write timeouts, and every process it starts is killed
@@ -37,6 +39,7 @@ pub mod pair;
 pub mod procfs;
 pub mod router;
 pub mod services;
+pub mod tlspeer;
 
 use std::path::Path;
 
@@ -101,8 +104,8 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        let keep = std::thread::panicking()
-            || std::env::var("TETHER_TEST_KEEP").is_ok_and(|v| v == "1");
+        let keep =
+            std::thread::panicking() || std::env::var("TETHER_TEST_KEEP").is_ok_and(|v| v == "1");
         if keep {
             self.dir.disable_cleanup(true);
             eprintln!(

@@ -43,13 +43,14 @@ fn port_range() -> Option<&'static PortRange> {
     static RANGE: OnceLock<Option<PortRange>> = OnceLock::new();
     RANGE
         .get_or_init(|| {
-            let (eph_lo, eph_hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-                .ok()
-                .and_then(|s| {
-                    let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
-                    Some((it.next()??, it.next()??))
-                })
-                .unwrap_or((32768, 60999));
+            let (eph_lo, eph_hi) =
+                std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                    .ok()
+                    .and_then(|s| {
+                        let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
+                        Some((it.next()??, it.next()??))
+                    })
+                    .unwrap_or((32768, 60999));
             // Prefer [10000, eph_lo); else (eph_hi, 65535].
             let (lo, hi) = if eph_lo > 12000 {
                 (10000, eph_lo)
@@ -94,11 +95,7 @@ pub fn free_port() -> u16 {
         let l = TcpListener::bind(addr(0)).expect("bind 127.0.0.1:0");
         let port = l.local_addr().expect("local_addr").port();
         drop(l);
-        if given
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(port)
-        {
+        if given.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
             return port;
         }
     }
@@ -252,7 +249,9 @@ pub fn read_to_end_by(s: &mut TcpStream, max: usize, deadline: Instant) -> io::R
         }
         out.extend_from_slice(&buf[..n]);
         if out.len() > max {
-            return Err(io::Error::other(format!("more than {max} bytes before EOF")));
+            return Err(io::Error::other(format!(
+                "more than {max} bytes before EOF"
+            )));
         }
     }
     Ok(out)
@@ -291,7 +290,11 @@ pub fn expect_closed(s: &mut TcpStream, timeout: Duration) -> Result<Closed, Str
 
 /// One echo round trip on `s`: writes `payload`, reads the same length back
 /// and checks it. Bounded by `timeout`.
-pub fn round_trip(s: &mut TcpStream, payload: &[u8], timeout: Duration) -> Result<Duration, String> {
+pub fn round_trip(
+    s: &mut TcpStream,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
     let deadline = start + timeout;
     s.set_write_timeout(Some(timeout))
@@ -314,7 +317,9 @@ pub fn echo_once(port: u16, payload: &[u8], timeout: Duration) -> Result<Duratio
     let _ = s.shutdown(Shutdown::Write);
     match expect_closed(&mut s, timeout) {
         Ok(Closed::Eof(0)) => Ok(start.elapsed()),
-        Ok(other) => Err(format!("after the round trip: {other:?}, expected a clean EOF")),
+        Ok(other) => Err(format!(
+            "after the round trip: {other:?}, expected a clean EOF"
+        )),
         Err(e) => Err(e),
     }
 }

@@ -21,7 +21,7 @@ use crate::router::{describe, wait_connectable, RouterProc};
 use crate::TestEnv;
 
 /// How long [`Pair::start`] waits for the link and for each listener.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Configs and ports of a pair, before starting it.
 pub struct PairSpec {

@@ -45,9 +45,9 @@ pub fn raise_nofile(want: u64) -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
-        if (lim.rlim_cur as u64) < want {
+        if lim.rlim_cur < want {
             let new = libc::rlimit {
-                rlim_cur: (want as libc::rlim_t).min(lim.rlim_max),
+                rlim_cur: want.min(lim.rlim_max),
                 rlim_max: lim.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
@@ -55,7 +55,7 @@ pub fn raise_nofile(want: u64) -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Sends signal `sig` to `pid`. Errors (e.g. no such process) are returned.

@@ -225,10 +225,18 @@ impl RouterProc {
     }
 
     /// Waits for `link up` with `peer=<peer>` at line `since` or later.
-    pub fn wait_link_up(&self, peer: &str, since: usize, timeout: Duration) -> Result<String, String> {
-        self.wait_for_line(since, timeout, &format!("`link up` with peer={peer}"), |l| {
-            is_link_up(l, peer)
-        })
+    pub fn wait_link_up(
+        &self,
+        peer: &str,
+        since: usize,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        self.wait_for_line(
+            since,
+            timeout,
+            &format!("`link up` with peer={peer}"),
+            |l| is_link_up(l, peer),
+        )
     }
 
     /// Waits for `link down` at line `since` or later.
@@ -315,7 +323,11 @@ impl Drop for RouterProc {
                 "----- router {} (pid {}, {}) log tail: {} -----\n{}\n-----",
                 self.label,
                 self.pid,
-                if was_running { "was running" } else { "had exited" },
+                if was_running {
+                    "was running"
+                } else {
+                    "had exited"
+                },
                 self.log_path.display(),
                 self.tail(30)
             );
@@ -344,7 +356,11 @@ pub fn describe(routers: &[&RouterProc]) -> String {
 /// Polls 127.0.0.1:`port` until it accepts a connection (see
 /// [`crate::net::wait_until_connectable`]), giving up early if one of
 /// `routers` exits. `Err` carries the routers' log tails.
-pub fn wait_connectable(port: u16, timeout: Duration, routers: &[&RouterProc]) -> Result<Duration, String> {
+pub fn wait_connectable(
+    port: u16,
+    timeout: Duration,
+    routers: &[&RouterProc],
+) -> Result<Duration, String> {
     let start = Instant::now();
     let step = Duration::from_millis(250);
     let max_rounds = timeout.as_millis() as u64 / step.as_millis() as u64 + 2;
@@ -401,7 +417,10 @@ mod tests {
 
     #[test]
     fn link_up_lines() {
-        assert!(is_link_up("2024 INFO tether: link up peer=west cost=1", "west"));
+        assert!(is_link_up(
+            "2024 INFO tether: link up peer=west cost=1",
+            "west"
+        ));
         assert!(is_link_up("INFO Link Up peer=\"west\"", "west"));
         assert!(!is_link_up("INFO link up peer=west2", "west"));
         assert!(!is_link_up("INFO link down peer=west", "west"));

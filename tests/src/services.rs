@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::net::{addr, free_port};
+use crate::net::free_port;
 
 /// Longest a service runs, whatever the test does.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
@@ -183,7 +183,7 @@ impl Service {
         let mut bound = None;
         for _ in 0..20 {
             let port = free_port();
-            if let Ok(l) = TcpListener::bind(addr(port)) {
+            if let Ok(l) = listen_wide(port) {
                 bound = Some((l, port));
                 break;
             }
@@ -314,6 +314,54 @@ impl Drop for Service {
     }
 }
 
+/// Binds 127.0.0.1:`port` with SO_REUSEADDR and a listen backlog of 4096
+/// (std's `TcpListener::bind` uses 128, which a burst of 1000 connects
+/// from a router overflows: the kernel then drops handshakes and the
+/// service sees connections seconds late).
+pub fn listen_wide(port: u16) -> io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket syscalls on a descriptor we own until it is
+    // handed to TcpListener (which then owns and closes it).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let listener = TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::listen(fd, 4096) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
 fn accept_loop(
     listener: TcpListener,
     handler: Arc<Handler>,
@@ -352,7 +400,7 @@ fn accept_loop(
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => {
                 // EMFILE and friends: back off, keep serving.

@@ -27,7 +27,10 @@ fn one_flow_64_mib_each_way_is_byte_exact() {
     );
     assert_eq!(r.sent, n, "client did not send everything");
     assert_eq!(r.received, n, "echo length differs from what was sent");
-    assert!(r.exact(), "echo differs from what was sent (SHA-256 mismatch)");
+    assert!(
+        r.exact(),
+        "echo differs from what was sent (SHA-256 mismatch)"
+    );
 }
 
 /// 200 concurrent flows, 1 MiB each way each, all byte-exact.
@@ -73,7 +76,12 @@ fn two_hundred_concurrent_flows_of_1_mib_are_byte_exact() {
         failures.is_empty(),
         "{} of {flows} flows failed:\n{}\n{}",
         failures.len(),
-        failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
         pair.describe()
     );
 }

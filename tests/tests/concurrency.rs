@@ -21,7 +21,10 @@ fn thousand_concurrent_flows_round_trip_with_bounded_memory() {
     // 1000 client sockets + 1000 service sockets here; the routers inherit
     // the limit too (2000 sockets each).
     let limit = raise_nofile(16384);
-    assert!(limit >= 4 * FLOWS as u64 + 100, "open-file limit {limit} too low for {FLOWS} flows");
+    assert!(
+        limit >= 4 * FLOWS as u64 + 100,
+        "open-file limit {limit} too low for {FLOWS} flows"
+    );
     let env = TestEnv::new("concurrency");
     let svc = Service::echo();
     let pair = Pair::start(&env, PairSpec::new(&env, &[("backend", svc.port())]));
@@ -40,7 +43,7 @@ fn thousand_concurrent_flows_round_trip_with_bounded_memory() {
         }
     }
     let opened = start.elapsed();
-    let reached = svc.wait_accepted(base_accepted + FLOWS, Duration::from_secs(20));
+    let reached = svc.wait_accepted(base_accepted + FLOWS, Duration::from_secs(10));
     println!(
         "{FLOWS} flows opened in {opened:.2?}; service connections while idle: {} ({})",
         svc.accepted() - base_accepted,
@@ -65,7 +68,8 @@ fn thousand_concurrent_flows_round_trip_with_bounded_memory() {
                 let mut kept = Vec::new();
                 for (i, mut s) in chunk {
                     let payload = format!("flow {i:05} ping");
-                    if let Err(e) = round_trip(&mut s, payload.as_bytes(), Duration::from_secs(30)) {
+                    if let Err(e) = round_trip(&mut s, payload.as_bytes(), Duration::from_secs(30))
+                    {
                         errors.push(format!("flow {i}: {e}"));
                     }
                     kept.push(s);
@@ -88,7 +92,12 @@ fn thousand_concurrent_flows_round_trip_with_bounded_memory() {
         errors.is_empty(),
         "{} of {FLOWS} round trips failed:\n{}\n{}",
         errors.len(),
-        errors.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+        errors
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
         pair.describe()
     );
     assert!(
@@ -104,7 +113,10 @@ fn thousand_concurrent_flows_round_trip_with_bounded_memory() {
         "RSS KiB (east, west): idle {idle:?}; {FLOWS} flows open {open_idle:?}; after round trips {loaded:?}; \
          after closing {after:?}"
     );
-    for (what, (e, w)) in [("with flows open", open_idle), ("after round trips", loaded)] {
+    for (what, (e, w)) in [
+        ("with flows open", open_idle),
+        ("after round trips", loaded),
+    ] {
         assert!(
             e < RSS_LIMIT_KIB && w < RSS_LIMIT_KIB,
             "router RSS {what}: east {e} KiB, west {w} KiB (limit {RSS_LIMIT_KIB} KiB)\n{}",

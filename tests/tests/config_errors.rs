@@ -65,7 +65,9 @@ fn locations(out: &str, file_name: &str) -> Vec<(usize, usize, String)> {
     let pat = format!("{file_name}:");
     let mut from = 0;
     for _ in 0..1000 {
-        let Some(i) = out[from..].find(&pat) else { break };
+        let Some(i) = out[from..].find(&pat) else {
+            break;
+        };
         let start = from + i;
         let rest = &out[start + pat.len()..];
         from = start + 1;
@@ -87,7 +89,13 @@ fn locations(out: &str, file_name: &str) -> Vec<(usize, usize, String)> {
     found
 }
 
-fn check_location(what: &str, out: &Output, file_name: &str, expect: &RangeInclusive<usize>, text: &str) -> String {
+fn check_location(
+    what: &str,
+    out: &Output,
+    file_name: &str,
+    expect: &RangeInclusive<usize>,
+    text: &str,
+) -> String {
     let locs = locations(&out.stderr, file_name);
     let hit = locs
         .iter()
@@ -126,7 +134,12 @@ fn expect_error(case: &str, text: &str) {
 
     let out = env.bin.check_config(&path);
     assert!(
-        !out.timed_out && out.status.is_some_and(|s| !s.success()),
+        !out.timed_out,
+        "--check did not finish within 5 s ({case})\n{}",
+        out.describe()
+    );
+    assert!(
+        out.status.is_some_and(|s| !s.success()),
         "--check accepted a bad config ({case})\n--- config ---\n{}\n{}",
         numbered(&text),
         out.describe()
@@ -134,7 +147,9 @@ fn expect_error(case: &str, text: &str) {
     let msg = check_location("--check", &out, &file_name, &expect, &text);
     println!("{case}: {msg}");
 
-    let out2 = env.bin.run_config_expecting_failure(&path, Duration::from_secs(5));
+    let out2 = env
+        .bin
+        .run_config_expecting_failure(&path, Duration::from_secs(5));
     assert!(
         !out2.timed_out,
         "--config kept running on a bad config ({case}) instead of exiting\n--- config ---\n{}\n{}",
@@ -174,7 +189,12 @@ fn check_accepts_a_good_config() {
     let path = env.dir().join("good.toml");
     std::fs::write(&path, &text).unwrap();
     let out = env.bin.check_config(&path);
-    assert!(out.success(), "--check rejected a good config\n{}\n{}", numbered(&text), out.describe());
+    assert!(
+        out.success(),
+        "--check rejected a good config\n{}\n{}",
+        numbered(&text),
+        out.describe()
+    );
     let want = format!("{}: ok", path.display());
     assert!(
         out.stdout.contains(&want) || out.stderr.contains(&want),
@@ -195,7 +215,10 @@ fn unknown_key() {
 fn unknown_key_in_a_table_array() {
     expect_error(
         "unknown-key-tcp",
-        &GOOD.replace("address = \"backend\"\n", "address = \"backend\"\ncolour = \"red\" # EXPECT\n"),
+        &GOOD.replace(
+            "address = \"backend\"\n",
+            "address = \"backend\"\ncolour = \"red\" # EXPECT\n",
+        ),
     );
 }
 
@@ -223,7 +246,10 @@ fn missing_required_field() {
         &GOOD
             .replace("[[tcp_listener]]", "[[tcp_listener]] # EXPECT-FROM")
             .replace("port = {CLIENT}\n", "")
-            .replace("host = \"127.0.0.1\"\n\n[tls", "host = \"127.0.0.1\" # EXPECT-TO\n\n[tls"),
+            .replace(
+                "host = \"127.0.0.1\"\n\n[tls",
+                "host = \"127.0.0.1\" # EXPECT-TO\n\n[tls",
+            ),
     );
 }
 
@@ -231,7 +257,10 @@ fn missing_required_field() {
 fn missing_router_id() {
     expect_error(
         "missing-id",
-        &GOOD.replace("[router]\nid = \"east\"\n", "[router] # EXPECT-FROM\nhello_interval_ms = 1000 # EXPECT-TO\n"),
+        &GOOD.replace(
+            "[router]\nid = \"east\"\n",
+            "[router] # EXPECT-FROM\nhello_interval_ms = 1000 # EXPECT-TO\n",
+        ),
     );
 }
 
@@ -279,7 +308,10 @@ fn tls_names_a_missing_profile() {
 fn unreadable_cert_file() {
     expect_error(
         "unreadable-cert",
-        &GOOD.replace("cert = \"east.pem\"", "cert = \"does-not-exist.pem\" # EXPECT"),
+        &GOOD.replace(
+            "cert = \"east.pem\"",
+            "cert = \"does-not-exist.pem\" # EXPECT",
+        ),
     );
 }
 
@@ -287,7 +319,10 @@ fn unreadable_cert_file() {
 fn unreadable_key_file() {
     expect_error(
         "unreadable-key",
-        &GOOD.replace("key = \"east-key.pem\"", "key = \"does-not-exist-key.pem\" # EXPECT"),
+        &GOOD.replace(
+            "key = \"east-key.pem\"",
+            "key = \"does-not-exist-key.pem\" # EXPECT",
+        ),
     );
 }
 
@@ -306,7 +341,10 @@ fn key_not_matching_cert() {
         &GOOD
             .replace("[tls.site]", "[tls.site] # EXPECT-FROM")
             .replace("cert = \"east.pem\"", "cert = \"east-mismatch.pem\"")
-            .replace("key = \"east-key.pem\"", "key = \"east-mismatch-key.pem\" # EXPECT-TO"),
+            .replace(
+                "key = \"east-key.pem\"",
+                "key = \"east-mismatch-key.pem\" # EXPECT-TO",
+            ),
     );
 }
 
@@ -316,7 +354,10 @@ fn inter_router_listener_without_tls() {
         "listener-no-tls",
         &GOOD
             .replace("[[listener]]", "[[listener]] # EXPECT-FROM")
-            .replace("port = {LINK}\ntls = \"site\"\n", "port = {LINK} # EXPECT-TO\n"),
+            .replace(
+                "port = {LINK}\ntls = \"site\"\n",
+                "port = {LINK} # EXPECT-TO\n",
+            ),
     );
 }
 
@@ -327,7 +368,11 @@ fn inter_router_connector_without_tls() {
         "\n[[connector]] # EXPECT-FROM\nrole = \"inter-router\"\nhost = \"127.0.0.1\"\nport = {CLIENT}\ncost = 1 # EXPECT-TO\n\n[[tcp_listener]]",
     );
     // The connector gets its own target port ({CLIENT} is the tcp_listener's).
-    let text = text.replacen("port = {CLIENT}\ncost", &format!("port = {}\ncost", free_port()), 1);
+    let text = text.replacen(
+        "port = {CLIENT}\ncost",
+        &format!("port = {}\ncost", free_port()),
+        1,
+    );
     expect_error("connector-no-tls", &text);
 }
 
@@ -335,7 +380,10 @@ fn inter_router_connector_without_tls() {
 fn hello_interval_below_minimum() {
     expect_error(
         "hello-too-small",
-        &GOOD.replace("id = \"east\"\n", "id = \"east\"\nhello_interval_ms = 50 # EXPECT\n"),
+        &GOOD.replace(
+            "id = \"east\"\n",
+            "id = \"east\"\nhello_interval_ms = 50 # EXPECT\n",
+        ),
     );
 }
 

@@ -44,13 +44,19 @@ fn stalled_flow_is_bounded_and_does_not_slow_others() {
     let env = TestEnv::new("flow-isolation");
     let stalled_svc = Service::source_sink();
     let fast_svc = Service::source_sink();
-    let spec = PairSpec::new(&env, &[("stalled", stalled_svc.port()), ("fast", fast_svc.port())])
-        .both(|c| c.flow_window(WINDOW));
+    let spec = PairSpec::new(
+        &env,
+        &[("stalled", stalled_svc.port()), ("fast", fast_svc.port())],
+    )
+    .both(|c| c.flow_window(WINDOW));
     let pair = Pair::start(&env, spec);
     let (stalled_port, fast_port) = (pair.client_ports[0], pair.client_ports[1]);
     let fail = |what: String| -> ! { panic!("{what}\n{}", pair.describe()) };
     let check_rss = |when: &str| {
-        let (e, w) = (pair.east.rss_kib().unwrap_or(0), pair.west.rss_kib().unwrap_or(0));
+        let (e, w) = (
+            pair.east.rss_kib().unwrap_or(0),
+            pair.west.rss_kib().unwrap_or(0),
+        );
         println!("RSS {when}: east {e} KiB, west {w} KiB");
         if e >= RSS_LIMIT_KIB || w >= RSS_LIMIT_KIB {
             fail(format!(
@@ -101,8 +107,11 @@ fn stalled_flow_is_bounded_and_does_not_slow_others() {
         check_rss("with a stalled flow");
 
         // 3. Next to the stalled flow.
-        let with = download_for(fast_port, WARMUP, MEASURE)
-            .unwrap_or_else(|e| fail(format!("round {round}: download next to the stalled flow: {e}")));
+        let with = download_for(fast_port, WARMUP, MEASURE).unwrap_or_else(|e| {
+            fail(format!(
+                "round {round}: download next to the stalled flow: {e}"
+            ))
+        });
         let grown = stalled_svc.sent() - base - plateau;
         if grown >= 4 * WINDOW {
             fail(format!(
@@ -124,7 +133,9 @@ fn stalled_flow_is_bounded_and_does_not_slow_others() {
             match read_some_by(&mut stalled, &mut buf, deadline) {
                 Ok(0) => fail("the stalled flow ended instead of resuming".into()),
                 Ok(n) => got += n as u64,
-                Err(e) => fail(format!("the stalled flow did not resume: {e} after {got} bytes")),
+                Err(e) => fail(format!(
+                    "the stalled flow did not resume: {e} after {got} bytes"
+                )),
             }
         }
         drop(stalled);

@@ -5,8 +5,8 @@
 
 use std::io::{ErrorKind, Write};
 use std::net::Shutdown;
-use std::sync::mpsc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,9 @@ fn client_half_close_then_service_replies() {
             }
         }
         let line = format!("got {n} bytes sha256 {}\n", hex(&hasher.finalize()));
-        if ctx.write_all(&mut s, line.as_bytes()).is_err() || ctx.write_all(&mut s, &body_for_svc).is_err() {
+        if ctx.write_all(&mut s, line.as_bytes()).is_err()
+            || ctx.write_all(&mut s, &body_for_svc).is_err()
+        {
             return;
         }
         let _ = s.shutdown(Shutdown::Write);
@@ -62,7 +64,12 @@ fn client_half_close_then_service_replies() {
     s.write_all(&payload).expect("send payload");
     s.shutdown(Shutdown::Write).expect("half-close");
     let got = read_to_end_by(&mut s, 4 << 20, Instant::now() + Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("reading the reply after our half-close: {e}\n{}", pair.describe()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "reading the reply after our half-close: {e}\n{}",
+                pair.describe()
+            )
+        });
     let expected_line = format!(
         "got {} bytes sha256 {}\n",
         payload.len(),
@@ -120,8 +127,12 @@ fn service_half_close_then_client_still_sends() {
     assert_eq!(greeting, b"hello from the service\n", "greeting before EOF");
 
     let payload = random_bytes(1 << 20, 9);
-    s.write_all(&payload)
-        .unwrap_or_else(|e| panic!("sending after the service's half-close: {e}\n{}", pair.describe()));
+    s.write_all(&payload).unwrap_or_else(|e| {
+        panic!(
+            "sending after the service's half-close: {e}\n{}",
+            pair.describe()
+        )
+    });
     s.shutdown(Shutdown::Write).expect("half-close");
     // Reports from Pair::start's readiness probes (0 bytes) are skipped.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -139,8 +150,16 @@ fn service_half_close_then_client_still_sends() {
     }
     let (n, sha) =
         report.unwrap_or_else(|| panic!("the service never saw our EOF\n{}", pair.describe()));
-    assert_eq!(n, payload.len() as u64, "bytes the service received after its half-close");
-    assert_eq!(sha, Sha256::digest(&payload).to_vec(), "data the service received differs");
+    assert_eq!(
+        n,
+        payload.len() as u64,
+        "bytes the service received after its half-close"
+    );
+    assert_eq!(
+        sha,
+        Sha256::digest(&payload).to_vec(),
+        "data the service received differs"
+    );
 }
 
 /// The service resets the connection (SO_LINGER 0): the client must see an
@@ -198,7 +217,10 @@ fn client_reset_reaches_service() {
                 }
             }
         }
-        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((n, outcome));
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((n, outcome));
     });
     let env = TestEnv::new("reset-from-client");
     let pair = Pair::start(&env, PairSpec::new(&env, &[("backend", svc.port())]));
@@ -247,8 +269,28 @@ fn client_reset_reaches_service() {
     }
 }
 
-/// Reading exact lengths works across the half-close boundary too: a
-/// small sanity check of the harness helper on a direct connection.
+/// Harness self-check, no router: the reset helper really produces a
+/// reset at the peer (ECONNRESET, not EOF), so a failure of the reset tests
+/// above is the router's.
+#[test]
+fn harness_reset_direct() {
+    let svc = Service::spawn("reset-direct", |mut s, ctx| {
+        let mut hello = [0u8; 5];
+        if ctx.read_exact(&mut s, &mut hello).is_ok() {
+            reset(s);
+        }
+    });
+    let mut s = connect(svc.port()).expect("connect");
+    s.write_all(b"hello").expect("send");
+    let mut buf = [0u8; 16];
+    let r = read_some_by(&mut s, &mut buf, Instant::now() + Duration::from_secs(5));
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "direct reset seen as {r:?}"
+    );
+}
+
+/// Harness self-check, no router: exact reads on a direct connection.
 #[test]
 fn harness_read_exact_direct() {
     let svc = Service::echo();

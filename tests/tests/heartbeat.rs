@@ -20,7 +20,8 @@ const SLACK: Duration = Duration::from_millis(250);
 fn frozen_peer_is_declared_dead_and_the_link_recovers() {
     let env = TestEnv::new("heartbeat");
     let svc = Service::echo();
-    let spec = PairSpec::new(&env, &[("backend", svc.port())]).both(|c| c.timers(HELLO_MS, DEAD_MS));
+    let spec =
+        PairSpec::new(&env, &[("backend", svc.port())]).both(|c| c.timers(HELLO_MS, DEAD_MS));
     let pair = Pair::start(&env, spec);
     let routers = pair.routers();
     let port = pair.client_port();
@@ -37,18 +38,31 @@ fn frozen_peer_is_declared_dead_and_the_link_recovers() {
     let detected = frozen_at.elapsed();
     if let Err(e) = down {
         let _ = pair.west.signal(libc::SIGCONT);
-        panic!("{e}\n(dead_interval_ms = {DEAD_MS}: expected `link down` within {limit:?})\n{}", pair.describe());
+        panic!(
+            "{e}\n(dead_interval_ms = {DEAD_MS}: expected `link down` within {limit:?})\n{}",
+            pair.describe()
+        );
     }
     println!("east logged link down {detected:.2?} after west was frozen");
-    assert!(detected <= limit, "link down after {detected:?} (limit {limit:?})");
+    assert!(
+        detected <= limit,
+        "link down after {detected:?} (limit {limit:?})"
+    );
 
     // Thaw west: the link must come back and carry traffic.
     let mark = pair.east.mark();
     pair.west.signal(libc::SIGCONT).expect("SIGCONT west");
     let thawed_at = Instant::now();
-    RouterProc::check(pair.east.wait_link_up("west", mark, Duration::from_secs(20)), &routers);
+    RouterProc::check(
+        pair.east
+            .wait_link_up("west", mark, Duration::from_secs(20)),
+        &routers,
+    );
     println!("link up again {:.2?} after SIGCONT", thawed_at.elapsed());
     if let Err(e) = echo_until_ok(port, b"after", Duration::from_secs(10)) {
-        panic!("round trip after the link came back: {e}\n{}", pair.describe());
+        panic!(
+            "round trip after the link came back: {e}\n{}",
+            pair.describe()
+        );
     }
 }

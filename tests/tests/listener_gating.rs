@@ -33,10 +33,19 @@ fn tcp_listener_binds_only_while_a_connector_is_reachable() {
 
     // 1. Linked, but no connector anywhere.
     let west1 = env.start_router(&west_plain);
-    RouterProc::check(east.wait_link_up("west", 0, Duration::from_secs(15)), &[&east, &west1]);
-    RouterProc::check(west1.wait_link_up("east", 0, Duration::from_secs(15)), &[&east, &west1]);
+    RouterProc::check(
+        east.wait_link_up("west", 0, Duration::from_secs(10)),
+        &[&east, &west1],
+    );
+    RouterProc::check(
+        west1.wait_link_up("east", 0, Duration::from_secs(10)),
+        &[&east, &west1],
+    );
     if let Err(e) = refused_for(client, Duration::from_secs(2)) {
-        panic!("tcp_listener accepted while no tcp_connector exists: {e}\n{}", describe(&[&east, &west1]));
+        panic!(
+            "tcp_listener accepted while no tcp_connector exists: {e}\n{}",
+            describe(&[&east, &west1])
+        );
     }
 
     // 2. Restart west with a tcp_connector.
@@ -51,7 +60,10 @@ fn tcp_listener_binds_only_while_a_connector_is_reachable() {
     drop(west1);
     let mark = east.mark();
     let west2 = env.start_router(&west_plain.clone().tcp_connector("backend", svc.port()));
-    RouterProc::check(east.wait_link_up("west", mark, Duration::from_secs(20)), &[&east, &west2]);
+    RouterProc::check(
+        east.wait_link_up("west", mark, Duration::from_secs(20)),
+        &[&east, &west2],
+    );
     let link_seen = Instant::now();
     match wait_connectable(client, Duration::from_secs(5), &[&east, &west2]) {
         Ok(_) => println!(
@@ -61,7 +73,10 @@ fn tcp_listener_binds_only_while_a_connector_is_reachable() {
         Err(e) => panic!("tcp_listener did not accept within 5 s of the link to a router with a tcp_connector: {e}"),
     }
     if let Err(e) = echo_until_ok(client, b"gated hello", Duration::from_secs(10)) {
-        panic!("round trip through the newly bound listener: {e}\n{}", describe(&[&east, &west2]));
+        panic!(
+            "round trip through the newly bound listener: {e}\n{}",
+            describe(&[&east, &west2])
+        );
     }
 
     // 3. The connector goes away: the listener must close again.
@@ -84,5 +99,8 @@ fn tcp_listener_binds_only_while_a_connector_is_reachable() {
         "tcp_listener still accepts {deadline:?} after the only tcp_connector's router died\n{}",
         describe(&[&east, &west2])
     );
-    println!("tcp_listener closed {:.0?} after west was killed", start.elapsed());
+    println!(
+        "tcp_listener closed {:.0?} after west was killed",
+        start.elapsed()
+    );
 }

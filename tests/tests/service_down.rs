@@ -25,14 +25,19 @@ fn refused_service_closes_client_promptly_and_is_logged() {
         let closed = expect_closed(&mut s, Duration::from_secs(2));
         let elapsed = start.elapsed();
         match closed {
-            Ok(how) => println!("attempt {attempt}: client closed with {how:?} after {elapsed:.2?}"),
+            Ok(how) => {
+                println!("attempt {attempt}: client closed with {how:?} after {elapsed:.2?}")
+            }
             Err(e) => panic!(
                 "attempt {attempt}: the client's connection to a refused service was not closed \
                  within 2 s: {e}\n{}",
                 pair.describe()
             ),
         }
-        assert!(elapsed < Duration::from_secs(2), "attempt {attempt}: took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "attempt {attempt}: took {elapsed:?}"
+        );
     }
 
     // Some router logs the failed connect: either the OS error text
@@ -47,10 +52,20 @@ fn refused_service_closes_client_promptly_and_is_logged() {
     };
     let found = pair
         .west
-        .wait_for_line(0, Duration::from_secs(2), "the refused service connection", pred)
+        .wait_for_line(
+            0,
+            Duration::from_secs(2),
+            "the refused service connection",
+            pred,
+        )
         .or_else(|e| {
             pair.east
-                .wait_for_line(0, Duration::from_millis(100), "the refused service connection", pred)
+                .wait_for_line(
+                    0,
+                    Duration::from_millis(100),
+                    "the refused service connection",
+                    pred,
+                )
                 .map_err(|_| e)
         });
     let line = RouterProc::check(found, &pair.routers());
