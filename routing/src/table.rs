@@ -169,9 +169,7 @@ impl AddressTable {
                 cost: n.cost,
             })
             .collect();
-        dests.sort_by(|a, b| {
-            (a.cost, &a.router_id, a.via).cmp(&(b.cost, &b.router_id, b.via))
-        });
+        dests.sort_by(|a, b| (a.cost, &a.router_id, a.via).cmp(&(b.cost, &b.router_id, b.via)));
         if dests.is_empty() {
             self.remote.remove(address);
         } else {
