@@ -139,6 +139,9 @@ impl Flow {
         );
         let f = flow.clone();
         tokio::task::spawn_local(async move { poll_fn(|cx| f.poll_io(cx)).await });
+        // Queued behind the flow task, so the attaches and the client's
+        // first bytes (if already there) leave in one write.
+        link.wake_driver();
     }
 
     /// Creates the egress side of a flow the peer attached.

@@ -203,6 +203,14 @@ impl Link {
         });
     }
 
+    /// Appends a performative without waking the driver: the caller wakes
+    /// it once everything that belongs in the same write is queued.
+    pub fn append_performative(&self, p: &Performative) {
+        if let Err(e) = encode_performative(&mut self.out.borrow_mut(), 0, p) {
+            tracing::error!(link = self.id, "cannot encode performative: {e}");
+        }
+    }
+
     /// Sends a routing message on the control link.
     pub fn send_routing(&self, msg: &RouterMessage) {
         let mut body = Vec::with_capacity(64);
@@ -246,7 +254,8 @@ impl Link {
             desired_capabilities: None,
             properties: None,
         };
-        self.send_performative(&Performative::Attach(attach));
+        // Not woken here: a new flow's first data should share the write.
+        self.append_performative(&Performative::Attach(attach));
     }
 
     pub fn send_detach(&self, handle: u32, error: Option<(&str, String)>) {

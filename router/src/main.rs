@@ -98,9 +98,17 @@ fn reexec_with_memcpy_tunable() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cfg!(all(target_os = "linux", target_arch = "x86_64", target_env = "gnu"))
-        && matches!(cli.command, Command::Router { config: Some(_), .. })
-    {
+    if cfg!(all(
+        target_os = "linux",
+        target_arch = "x86_64",
+        target_env = "gnu"
+    )) && matches!(
+        cli.command,
+        Command::Router {
+            config: Some(_),
+            ..
+        }
+    ) {
         reexec_with_memcpy_tunable();
     }
     match cli.command {
