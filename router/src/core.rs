@@ -70,6 +70,7 @@ pub struct Router {
     next_flow_key: Cell<u64>,
     active_flows: RefCell<HashMap<(String, String), u32>>,
     connector_rr: RefCell<HashMap<String, usize>>,
+    choice_turns: RefCell<HashMap<String, usize>>,
     gates: RefCell<Vec<ListenerGate>>,
 }
 
@@ -151,28 +152,41 @@ impl Router {
         self.apply_reachability(changes);
     }
 
-    /// Chooses where a new flow for `address` goes: the cheapest weighted
-    /// by the flows already open there, so equal sites share the load and a
-    /// busy one sheds to another.
+    /// Chooses where a new flow for `address` goes: the cheapest, weighted
+    /// by the flows already open there, so a busy site sheds to another;
+    /// equal choices take turns (sequential short flows spread too).
     fn choose(&self, address: &str) -> Option<Choice> {
         let table = self.table.borrow();
-        let mut best: Option<(u64, Choice)> = None;
-        if table.has_local(address) {
-            let score = 1 + u64::from(self.active(address, &self.id));
-            best = Some((score, Choice::Local));
-        }
         let links = self.links.borrow();
+        let mut best: Vec<Choice> = Vec::new();
+        let mut best_score = u64::MAX;
+        let mut consider = |score: u64, choice: Choice| {
+            if score < best_score {
+                best_score = score;
+                best.clear();
+            }
+            if score == best_score {
+                best.push(choice);
+            }
+        };
+        if table.has_local(address) {
+            consider(1 + u64::from(self.active(address, &self.id)), Choice::Local);
+        }
         for d in table.remote_destinations(address) {
             let Some(link) = links.get(&d.via) else {
                 continue;
             };
-            let score =
-                (u64::from(d.cost) + 1) * (1 + u64::from(self.active(address, &d.router_id)));
-            if best.as_ref().is_none_or(|(s, _)| score < *s) {
-                best = Some((score, Choice::Remote(link.clone())));
-            }
+            let load = 1 + u64::from(self.active(address, &d.router_id));
+            consider((u64::from(d.cost) + 1) * load, Choice::Remote(link.clone()));
         }
-        best.map(|(_, c)| c)
+        if best.is_empty() {
+            return None;
+        }
+        let mut turns = self.choice_turns.borrow_mut();
+        let turn = turns.entry(address.to_string()).or_default();
+        let pick = *turn % best.len();
+        *turn = turn.wrapping_add(1);
+        Some(best.swap_remove(pick))
     }
 
     fn new_client_flow(self: &Rc<Self>, address: &str, stream: TcpStream) {
@@ -472,6 +486,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         next_flow_key: Cell::new(0),
         active_flows: RefCell::new(HashMap::new()),
         connector_rr: RefCell::new(HashMap::new()),
+        choice_turns: RefCell::new(HashMap::new()),
         gates: RefCell::new(
             config
                 .tcp_listeners
@@ -516,5 +531,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(router = %router.id, "router ready");
     shutdown.await;
     tracing::info!(router = %router.id, "router stopping");
+    // Tell every peer we are going (AMQP Close) and give the link drivers a
+    // moment to write it; flows end with the process.
+    let links: Vec<Rc<Link>> = router.links.borrow().values().cloned().collect();
+    for link in &links {
+        link.send_close("router shutting down");
+    }
+    if !links.is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }

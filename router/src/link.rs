@@ -211,6 +211,14 @@ impl Link {
         }
     }
 
+    /// Closes the connection politely (no error): the router is stopping.
+    pub fn send_close(&self, why: &str) {
+        let close = Close {
+            error: Some(amqp_error("tether:router-shutdown", why.to_string())),
+        };
+        self.send_performative(&Performative::Close(close));
+    }
+
     /// Sends a routing message on the control link.
     pub fn send_routing(&self, msg: &RouterMessage) {
         let mut body = Vec::with_capacity(64);

@@ -192,15 +192,18 @@ fn frozen_egress_router_ends_open_flows_within_dead_interval() {
     let limit = Duration::from_millis(DEAD_MS) + Duration::from_secs(2);
     let closed = expect_closed(&mut flow, limit);
     let closed_after = frozen_at.elapsed();
-    if let Err(e) = closed {
-        let _ = west.signal(libc::SIGCONT);
-        panic!(
-            "the client's connection through the frozen router was not closed within \
-             {limit:?} (dead_interval_ms = {DEAD_MS}): {e}\n{}",
-            describe(&[&east])
-        );
-    }
-    println!("open flow ended with {closed:?} {closed_after:.2?} after the freeze");
+    let how = match closed {
+        Ok(how) => how,
+        Err(e) => {
+            let _ = west.signal(libc::SIGCONT);
+            panic!(
+                "the client's connection through the frozen router was not closed within \
+                 {limit:?} (dead_interval_ms = {DEAD_MS}): {e}\n{}",
+                describe(&[&east])
+            );
+        }
+    };
+    println!("open flow ended with {how:?} {closed_after:.2?} after the freeze");
     drop(flow);
     if let Err(e) = east.wait_link_down(mark, Duration::from_secs(1)) {
         let _ = west.signal(libc::SIGCONT);
