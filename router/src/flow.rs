@@ -9,8 +9,9 @@
 //! ([`Flow::on_data`]) and tries the socket write at once, so the common
 //! case needs no wake-up of the flow task at all.
 //!
-//! Flow control: each incoming transfer is one delivery of at most 64 KiB;
-//! the receiver grants `window / 64 KiB` deliveries of link credit and
+//! Flow control: each incoming transfer is one delivery of at most a
+//! quarter window (16-256 KiB, announced in Open); the receiver grants
+//! `window / delivery size` deliveries of link credit and
 //! returns credit only for deliveries written to its socket, so a flow
 //! whose reader stalls holds at most its window in each router, and the
 //! link (shared by all flows) never blocks on it.
@@ -28,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tether_protocol::types::definitions::Role;
 use tether_protocol::DataTransferSlot;
-use tether_tcp::{FlowSocket, WriteQueue, MAX_READ_CHUNK};
+use tether_tcp::{FlowSocket, WriteQueue};
 
 use crate::link::{Link, COND_FLOW_ABORTED, COND_RESET, COND_SERVICE_UNAVAILABLE, OUT_HIGH_WATER};
 
@@ -228,6 +229,18 @@ impl Flow {
     pub(crate) fn on_data(self: &Rc<Self>, data: Bytes) {
         let mut st = self.st.borrow_mut();
         if st.aborted.is_some() || st.rx_eof {
+            return;
+        }
+        let settings = self.link.router.settings();
+        if st.rx_outstanding >= settings.window_credits
+            || data.len() > settings.max_delivery as usize
+        {
+            // The peer ignored our credit or delivery size: refuse to buffer.
+            drop(st);
+            self.abort(
+                COND_FLOW_ABORTED,
+                "peer exceeded the flow's credit window".into(),
+            );
             return;
         }
         st.rx_received = st.rx_received.wrapping_add(1);
@@ -522,7 +535,7 @@ impl Flow {
         let result = {
             let mut out = self.link_out();
             let slot = DataTransferSlot::begin(&mut out);
-            match sock.poll_read_into(cx, &mut out, MAX_READ_CHUNK) {
+            match sock.poll_read_into(cx, &mut out, self.link.send_chunk) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     let delivery_id = self.link.next_delivery_id();
                     slot.finish(&mut out, 0, self.tx_handle, delivery_id, true);

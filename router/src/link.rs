@@ -47,10 +47,10 @@ use tokio::time::{Instant, Sleep};
 use crate::core::Router;
 use crate::flow::{Dir, Flow};
 
-/// Largest frame we accept and announce. Flow transfers carry at most 64 KiB.
-pub const MAX_FRAME_SIZE: u32 = 256 * 1024;
+/// Largest frame we accept and announce (flow deliveries are at most 256 KiB).
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 /// Frames a peer must accept from us (a full flow transfer plus headers).
-const MIN_PEER_FRAME_SIZE: u32 = 64 * 1024 + 512;
+const MIN_PEER_FRAME_SIZE: u32 = 16 * 1024;
 /// Flows stop appending to a link's outgoing buffer above this many bytes
 /// until the driver has taken it; bounds a link's memory.
 pub const OUT_HIGH_WATER: usize = 256 * 1024;
@@ -62,6 +62,8 @@ const CONTROL_LINK_NAME: &str = "$tether-control";
 /// Open property: credit a flow sender may use before the receiver's first
 /// Flow frame.
 const PROP_INITIAL_CREDIT: &str = "tether:initial-credit";
+/// Open property: largest flow delivery this end accepts (bytes).
+const PROP_MAX_DELIVERY: &str = "tether:max-delivery";
 /// Open property: this end's configured link cost.
 const PROP_COST: &str = "tether:cost";
 pub const COND_DUPLICATE_ID: &str = "tether:duplicate-router-id";
@@ -84,6 +86,8 @@ pub struct Link {
     pub cost: u32,
     /// Credit our flow senders start with on this link (the peer's window).
     pub peer_initial_credit: u32,
+    /// Most payload bytes one flow delivery to the peer may carry.
+    pub send_chunk: usize,
     out: RefCell<BytesMut>,
     driver_waker: RefCell<Option<Waker>>,
     space_waiters: RefCell<Vec<Waker>>,
@@ -515,6 +519,10 @@ where
         Symbol::from(PROP_INITIAL_CREDIT),
         Value::Uint(cfg.window_credits),
     );
+    props.insert(
+        Symbol::from(PROP_MAX_DELIVERY),
+        Value::Uint(cfg.max_delivery),
+    );
     let own_cost = match side {
         Side::Connector { cost } => cost,
         Side::Listener => 0,
@@ -631,6 +639,12 @@ where
         })
     };
     let peer_initial_credit = prop_u32(PROP_INITIAL_CREDIT).unwrap_or(1).max(1);
+    let peer_frame_room =
+        (open.max_frame_size.0 as usize).saturating_sub(tether_protocol::DATA_TRANSFER_OVERHEAD);
+    let send_chunk = tether_tcp::MAX_READ_CHUNK
+        .min(prop_u32(PROP_MAX_DELIVERY).unwrap_or(16 * 1024) as usize)
+        .min(peer_frame_room)
+        .max(1);
     let cost = own_cost.max(prop_u32(PROP_COST).unwrap_or(0)).max(1);
     let link = Rc::new(Link {
         id: router.next_link_id(),
@@ -638,6 +652,7 @@ where
         peer_id: open.container_id.clone(),
         cost,
         peer_initial_credit,
+        send_chunk,
         out: RefCell::new(BytesMut::with_capacity(64 * 1024)),
         driver_waker: RefCell::new(None),
         space_waiters: RefCell::new(Vec::new()),

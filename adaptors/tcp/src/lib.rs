@@ -27,7 +27,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Most bytes one socket read puts into one transfer.
-pub const MAX_READ_CHUNK: usize = 64 * 1024;
+pub const MAX_READ_CHUNK: usize = 256 * 1024;
 
 /// The socket of one flow end (the client's at the ingress router, the
 /// service's at the egress router).
