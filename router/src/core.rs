@@ -445,6 +445,12 @@ async fn connect_once(
     .await
     .map_err(|_| "connect timed out".to_string())?
     .map_err(|e| format!("connect failed: {e}"))?;
+    // Dialling a loopback port in the ephemeral range while nothing
+    // listens can connect the socket to itself; that would hold the port
+    // the peer is about to bind. Drop it at once.
+    if tcp.local_addr().ok() == tcp.peer_addr().ok() {
+        return Err("connected to itself (nothing listening yet); retrying".into());
+    }
     let _ = tcp.set_nodelay(true);
     let server_name = ServerName::try_from(cfg.host.clone())
         .map_err(|e| format!("invalid host name {}: {e}", cfg.host))?;
@@ -566,7 +572,10 @@ mod tests {
         for window in [65_536u32, 100_000, 1 << 20, 3_000_000, 64 << 20] {
             let (credits, delivery) = flow_credit(window);
             assert!(credits >= 1);
-            assert!(credits * delivery <= window, "{window}: {credits} x {delivery}");
+            assert!(
+                credits * delivery <= window,
+                "{window}: {credits} x {delivery}"
+            );
         }
     }
 }
