@@ -42,6 +42,28 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Simulate a network of routers on a virtual clock with the router's own
+    /// routing engine, then verify every route against shortest paths.
+    Sim {
+        /// Number of routers (generated topologies).
+        #[arg(long)]
+        routers: Option<usize>,
+        /// ring, grid, random, or a topology file (TOML: routers, links, costs).
+        #[arg(long, default_value = "random")]
+        topology: String,
+        /// Mean links per router (random topology).
+        #[arg(long)]
+        degree: Option<usize>,
+        /// Seed for the generated topology and failures.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fail K random links, or the listed links `a-b,c-d`, after convergence.
+        #[arg(long, value_name = "K|a-b,...")]
+        fail_links: Option<String>,
+        /// One-way latency of every link in the simulation.
+        #[arg(long)]
+        latency_ms: Option<u64>,
+    },
     /// Start three linked routers on loopback with a service, and drive traffic.
     Demo {
         /// Stop after this many seconds (default: run until Ctrl-C).
@@ -154,6 +176,36 @@ fn main() -> ExitCode {
                     eprintln!("tether certs: {e}");
                     ExitCode::FAILURE
                 }
+            }
+        }
+        Command::Sim {
+            routers,
+            topology,
+            degree,
+            seed,
+            fail_links,
+            latency_ms,
+        } => {
+            let config = match tether_routing::sim::SimConfig::from_args(
+                routers,
+                &topology,
+                degree,
+                seed,
+                fail_links.as_deref(),
+                latency_ms,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tether sim: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = tether_routing::sim::run(config);
+            println!("{report}");
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             }
         }
         Command::Demo {

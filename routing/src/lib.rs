@@ -11,10 +11,20 @@
 //! The foundation protocol is a *mobile-address update* exchanged between
 //! neighbours: a full snapshot of the sender's local addresses with a sequence
 //! number. Multi-hop link-state routing (HELLO, router advertisements,
-//! least-cost paths) builds on the same types.
+//! least-cost paths) builds on the same types: [`linkstate`] is the engine,
+//! [`topology`] the graph and path computation behind it, and [`sim`] a
+//! deterministic network simulator that runs many engines on a virtual
+//! clock and checks every route.
 
+pub mod linkstate;
 pub mod message;
+pub mod sim;
 pub mod table;
+pub mod topology;
 
+pub use linkstate::{
+    EngineConfig, EngineStats, Event, LinkId, Offer, Route, RoutingEngine, Timers, Transmit,
+};
 pub use message::{DecodeError, RouterMessage};
 pub use table::{AddressTable, Destination, NeighbourId, ReachabilityChange};
+pub use topology::{PathInfo, Topology};

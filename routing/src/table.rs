@@ -131,6 +131,8 @@ impl AddressTable {
                 }
                 self.diff(before)
             }
+            // Link-state messages belong to `crate::linkstate`.
+            _ => Vec::new(),
         }
     }
 
@@ -262,6 +264,7 @@ mod tests {
                 assert_eq!(seq, 1);
                 assert_eq!(addresses, vec!["svc".to_string()]);
             }
+            other => panic!("unexpected {other:?}"),
         }
     }
 }
