@@ -14,7 +14,8 @@ if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     echo "installing test tools: ${need[*]}"
     apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null \
+      || echo "warning: could not install ${need[*]}; tests needing them may fail" >&2
   else
     echo "warning: not root, cannot install ${need[*]}; tests needing them may fail" >&2
   fi
