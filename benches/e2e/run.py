@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -486,10 +487,30 @@ def main():
                 log(f"{name} did not listen, skipping it:\n{tail(os.path.join(work, name + '.log'))}")
                 del targets[name]
 
-        # Unpinned: bulk, conn, hold (RSS idle and with 100 flows).
+        # Unpinned: bulk, conn, hold (RSS idle and with 100 flows). Each
+        # process's own RSS is also sampled (perfanchor reports the sum).
         for name, (port, pids) in targets.items():
-            results.setdefault(name, {})["unpinned"] = run_perfanchor(
-                args, f"{name}", port, backend, "bulk,conn,hold", pids, pinned=False)
+            idle = {p: rss_kib(p) for p in pids}
+            peak = dict(idle)
+            stop = threading.Event()
+
+            def sample(pids=pids, peak=peak, stop=stop):
+                while not stop.wait(0.05):
+                    for p in pids:
+                        r = rss_kib(p)
+                        if r is not None and (peak.get(p) is None or r > peak[p]):
+                            peak[p] = r
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                results.setdefault(name, {})["unpinned"] = run_perfanchor(
+                    args, f"{name}", port, backend, "bulk,conn,hold", pids, pinned=False)
+            finally:
+                stop.set()
+                sampler.join(timeout=5)
+            results[name]["rss_per_process_kib"] = {
+                str(p): {"idle": idle.get(p), "peak": peak.get(p)} for p in pids}
         # Pinned: everything on CPU 0 for request/response latency.
         for name, (port, pids) in targets.items():
             pin(pids, "0")
@@ -513,6 +534,13 @@ def main():
 
     order = ["direct", "tether", "socat", "haproxy"]
     summary = print_table(results, order)
+    for name in order:
+        per = results.get(name, {}).get("rss_per_process_kib")
+        if per:
+            cells = ", ".join(
+                f"pid {p}: {v['idle'] / 1024:.1f} MiB idle, {v['peak'] / 1024:.1f} MiB peak"
+                for p, v in per.items() if v.get("idle") is not None and v.get("peak") is not None)
+            print(f"RSS per process, {name} (idle -> peak during bulk/conn/100 flows): {cells}")
     doc = {
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
