@@ -24,3 +24,6 @@ fi
 cargo build --release -p tether-router
 export TETHER_BIN="$PWD/target/release/tether"
 cargo test --workspace --release -- --test-threads="${TEST_THREADS:-2}"
+# The 1000-router simulation (ignored in unoptimised runs): correctness of
+# every route at scale; its wall time is reported, not asserted.
+cargo test --release -p tether-routing --test sim -- --ignored --nocapture a_thousand_routers
