@@ -533,7 +533,7 @@ impl Flow {
     /// `Ready(true)` when something was sent (data or end of stream).
     fn read_into_link(&self, cx: &mut Context<'_>, sock: &FlowSocket) -> Poll<bool> {
         let result = {
-            let mut out = self.link_out();
+            let mut out = self.link.out_buffer();
             let slot = DataTransferSlot::begin(&mut out);
             match sock.poll_read_into(cx, &mut out, self.link.send_chunk) {
                 Poll::Ready(Ok(n)) if n > 0 => {
@@ -571,10 +571,6 @@ impl Flow {
                 Poll::Ready(false)
             }
         }
-    }
-
-    fn link_out(&self) -> std::cell::RefMut<'_, bytes::BytesMut> {
-        self.link.out_buffer()
     }
 }
 

@@ -193,10 +193,6 @@ impl Link {
         self.flows.borrow_mut().remove(&key);
     }
 
-    pub fn flow_count(&self) -> usize {
-        self.flows.borrow().len()
-    }
-
     /// Appends a performative; encoding our own well-formed performatives
     /// cannot fail short of a bug, which we log rather than crash on.
     pub fn send_performative(&self, p: &Performative) {
@@ -737,10 +733,6 @@ pub struct LinkDriver<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
-    pub fn link(&self) -> &Rc<Link> {
-        &self.link
-    }
-
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Result<bool, LinkError> {
         let mut progress = false;
         // Read, then dispatch every whole frame buffered (the handshake may
@@ -832,15 +824,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
         if encode_performative(&mut out, 0, &Performative::Close(close)).is_ok() {
             self.wbuf.unsplit(out);
         }
-        let waker = futures_noop_waker();
-        let mut cx = Context::from_waker(&waker);
+        let mut cx = Context::from_waker(Waker::noop());
         let _ = Pin::new(&mut self.io).poll_write(&mut cx, &self.wbuf);
         let _ = Pin::new(&mut self.io).poll_flush(&mut cx);
     }
-}
-
-fn futures_noop_waker() -> Waker {
-    Waker::noop().clone()
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Future for LinkDriver<S> {
