@@ -5,7 +5,12 @@
 //! id = "east"                  # required: [A-Za-z0-9._-]{1,64}, unique in the network
 //! hello_interval_ms = 1000     # optional, >= 100
 //! dead_interval_ms = 3000      # optional, >= 300 and > hello_interval_ms
+//! advertisement_interval_ms = 4000  # optional, >= hello_interval_ms
 //! flow_window = 1048576        # optional, 65536 ..= 64 MiB
+//!
+//! [[address]]                  # optional: how flows to addresses are spread
+//! prefix = "backend"           # matches "backend" and "backend..." (longest prefix wins)
+//! distribution = "balanced"    # "balanced" (default), "closest" or "multicast"
 //!
 //! [[listener]]                 # accepts inter-router links
 //! role = "inter-router"
@@ -67,6 +72,8 @@ pub const MIN_HELLO_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_DEAD_INTERVAL_MS: u64 = 3000;
 /// Smallest accepted `router.dead_interval_ms`.
 pub const MIN_DEAD_INTERVAL_MS: u64 = 300;
+/// Default `router.advertisement_interval_ms`.
+pub const DEFAULT_ADVERTISEMENT_INTERVAL_MS: u64 = 4000;
 /// Default `router.flow_window` (1 MiB).
 pub const DEFAULT_FLOW_WINDOW: u32 = 1 << 20;
 /// Smallest accepted `router.flow_window` (64 KiB).
@@ -92,8 +99,54 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     pub tcp_listeners: Vec<TcpListenerConfig>,
     pub tcp_connectors: Vec<TcpConnectorConfig>,
+    /// `[[address]]` entries, in file order.
+    pub addresses: Vec<AddressConfig>,
     /// TLS profiles by name (`[tls.<name>]`), files already loaded.
     pub tls: BTreeMap<String, TlsProfile>,
+}
+
+/// How new flows (or messages) for an address are spread over the routers
+/// that offer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Distribution {
+    /// Weighted by path cost and by the flows already open at each
+    /// destination: a near site takes most, a loaded one sheds to a farther.
+    #[default]
+    Balanced,
+    /// The least-cost router offering the address; equal costs take turns.
+    Closest,
+    /// A copy to every consumer (messages only; not for TCP flows).
+    Multicast,
+}
+
+impl Distribution {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distribution::Balanced => "balanced",
+            Distribution::Closest => "closest",
+            Distribution::Multicast => "multicast",
+        }
+    }
+}
+
+/// `[[address]]`: the distribution for addresses starting with `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressConfig {
+    pub prefix: String,
+    pub distribution: Distribution,
+}
+
+/// The distribution for `address`: the longest matching `[[address]]`
+/// prefix, else balanced.
+pub fn distribution_for(addresses: &[AddressConfig], address: &str) -> Distribution {
+    addresses
+        .iter()
+        .filter(|a| address.starts_with(&a.prefix))
+        .max_by_key(|a| a.prefix.len())
+        .map(|a| a.distribution)
+        .unwrap_or_default()
 }
 
 impl Config {
@@ -113,6 +166,9 @@ pub struct RouterSection {
     pub hello_interval: Duration,
     /// A peer silent for this long is declared down.
     pub dead_interval: Duration,
+    /// How often each neighbour gets a router advertisement (versions and
+    /// a database digest; repairs anything flooding missed).
+    pub advertisement_interval: Duration,
     /// Bytes buffered per flow per direction.
     pub flow_window: u32,
 }
@@ -265,7 +321,16 @@ struct RawConfig {
     #[serde(default)]
     tcp_connector: Vec<Spanned<RawTcpConnector>>,
     #[serde(default)]
+    address: Vec<Spanned<RawAddress>>,
+    #[serde(default)]
     tls: BTreeMap<String, Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAddress {
+    prefix: Spanned<String>,
+    distribution: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +339,7 @@ struct RawRouter {
     id: Spanned<String>,
     hello_interval_ms: Option<Spanned<i64>>,
     dead_interval_ms: Option<Spanned<i64>>,
+    advertisement_interval_ms: Option<Spanned<i64>>,
     flow_window: Option<Spanned<i64>>,
 }
 
@@ -742,6 +808,67 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     check_unique_names(src, &names)?;
     check_binds(src, &binds)?;
 
+    let mut addresses: Vec<AddressConfig> = Vec::new();
+    for (i, item) in raw.address.iter().enumerate() {
+        let what = format!("address[{i}]");
+        let a = item.get_ref();
+        let prefix = a.prefix.get_ref();
+        if prefix.is_empty() || prefix.len() > 255 || prefix.chars().any(char::is_control) {
+            return Err(src.err(
+                a.prefix.span(),
+                format!(
+                    "{what}.prefix: invalid prefix {prefix:?}: use 1 to 255 printable characters"
+                ),
+            ));
+        }
+        if let Some(j) = addresses.iter().position(|x| &x.prefix == prefix) {
+            return Err(src.err(
+                a.prefix.span(),
+                format!("{what}.prefix: {prefix:?} is already configured by address[{j}]"),
+            ));
+        }
+        let distribution = match &a.distribution {
+            None => Distribution::default(),
+            Some(d) => match d.get_ref().as_str() {
+                "balanced" => Distribution::Balanced,
+                "closest" => Distribution::Closest,
+                "multicast" => Distribution::Multicast,
+                other => {
+                    return Err(src.err(
+                        d.span(),
+                        format!(
+                            "{what}.distribution: unknown distribution {other:?}, expected \"balanced\", \"closest\" or \"multicast\""
+                        ),
+                    ))
+                }
+            },
+        };
+        addresses.push(AddressConfig {
+            prefix: prefix.clone(),
+            distribution,
+        });
+    }
+    // A TCP flow has one destination: multicast cannot carry it.
+    for (i, item) in raw.tcp_listener.iter().enumerate() {
+        let t = item.get_ref();
+        let address = t.address.get_ref();
+        if distribution_for(&addresses, address) == Distribution::Multicast {
+            let prefix = addresses
+                .iter()
+                .filter(|a| address.starts_with(&a.prefix))
+                .max_by_key(|a| a.prefix.len())
+                .map(|a| a.prefix.as_str())
+                .unwrap_or_default();
+            return Err(src.err(
+                t.address.span(),
+                format!(
+                    "tcp_listener[{i}].address: {address:?} has distribution \"multicast\" \
+                     (from [[address]] prefix {prefix:?}); a TCP flow needs \"balanced\" or \"closest\""
+                ),
+            ));
+        }
+    }
+
     let mut tls = BTreeMap::new();
     for (name, profile) in &raw.tls {
         tls.insert(name.clone(), tls_profile(src, name, profile)?);
@@ -754,6 +881,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         connectors,
         tcp_listeners,
         tcp_connectors,
+        addresses,
         tls,
     })
 }
@@ -811,6 +939,17 @@ fn router_section(src: &Source<'_>, r: &RawRouter) -> Result<RouterSection, Conf
         });
     }
 
+    let advertisement = match &r.advertisement_interval_ms {
+        None => DEFAULT_ADVERTISEMENT_INTERVAL_MS.max(hello),
+        Some(v) => int_in(
+            src,
+            "router.advertisement_interval_ms",
+            v,
+            hello as i64,
+            i64::MAX,
+        )? as u64,
+    };
+
     let flow_window = match &r.flow_window {
         None => DEFAULT_FLOW_WINDOW,
         Some(v) => int_in(
@@ -826,6 +965,7 @@ fn router_section(src: &Source<'_>, r: &RawRouter) -> Result<RouterSection, Conf
         id: id.clone(),
         hello_interval: Duration::from_millis(hello),
         dead_interval: Duration::from_millis(dead),
+        advertisement_interval: Duration::from_millis(advertisement),
         flow_window,
     })
 }
@@ -1241,6 +1381,7 @@ key = "east-key.pem"
                 id: "east".into(),
                 hello_interval: Duration::from_millis(500),
                 dead_interval: Duration::from_millis(2000),
+                advertisement_interval: Duration::from_millis(4000),
                 flow_window: 65536,
             }
         );
@@ -1401,7 +1542,7 @@ key = "east-key.pem"
         assert_eq!(
             e.message,
             "unknown key \"idd\" in [router], expected one of: id, hello_interval_ms, \
-             dead_interval_ms, flow_window (did you mean \"id\"?)"
+             dead_interval_ms, advertisement_interval_ms, flow_window (did you mean \"id\"?)"
         );
     }
 
@@ -1422,13 +1563,65 @@ key = "east-key.pem"
     }
 
     #[test]
+    fn address_distributions_longest_prefix_wins() {
+        let env = Env::new();
+        let cfg = env
+            .parse(
+                "[router]\nid = 'a'\nadvertisement_interval_ms = 2000\n\
+                 [[address]]\nprefix = 'svc'\ndistribution = 'closest'\n\
+                 [[address]]\nprefix = 'svc.db'\n\
+                 [[address]]\nprefix = 'events'\ndistribution = 'multicast'\n",
+            )
+            .expect("valid config");
+        assert_eq!(
+            cfg.router.advertisement_interval,
+            Duration::from_millis(2000)
+        );
+        let d = |a: &str| distribution_for(&cfg.addresses, a);
+        assert_eq!(d("svc.web"), Distribution::Closest);
+        assert_eq!(d("svc.db.main"), Distribution::Balanced);
+        assert_eq!(d("events"), Distribution::Multicast);
+        assert_eq!(d("other"), Distribution::Balanced);
+    }
+
+    #[test]
+    fn bad_address_entries_are_located() {
+        let env = Env::new();
+        env.expect(
+            "[router]\nid = 'a'\n[[address]]\nprefix = 'x'\ndistribution = 'nearest'\n",
+            5,
+            16,
+            "address[0].distribution: unknown distribution \"nearest\", expected \"balanced\", \"closest\" or \"multicast\"",
+        );
+        env.expect(
+            "[router]\nid = 'a'\n[[address]]\nprefix = 'x'\n[[address]]\nprefix = 'x'\n",
+            6,
+            10,
+            "address[1].prefix: \"x\" is already configured by address[0]",
+        );
+        env.expect(
+            "[router]\nid = 'a'\n[[address]]\nprefix = 'ev'\ndistribution = 'multicast'\n\
+             [[tcp_listener]]\naddress = 'events'\nport = 9000\n",
+            7,
+            11,
+            "tcp_listener[0].address: \"events\" has distribution \"multicast\" (from [[address]] prefix \"ev\"); a TCP flow needs \"balanced\" or \"closest\"",
+        );
+        env.expect(
+            "[router]\nid = 'a'\nhello_interval_ms = 1000\nadvertisement_interval_ms = 500\n",
+            4,
+            29,
+            "router.advertisement_interval_ms: must be at least 1000, got 500",
+        );
+    }
+
+    #[test]
     fn unknown_top_level_section() {
         let env = Env::new();
         env.expect(
             "[router]\nid = 'a'\n[[listner]]\nport = 1\n",
             3,
             3,
-            "unknown key \"listner\" at the top level, expected one of: router, listener, connector, tcp_listener, tcp_connector, tls (did you mean \"listener\"?)",
+            "unknown key \"listner\" at the top level, expected one of: router, listener, connector, tcp_listener, tcp_connector, address, tls (did you mean \"listener\"?)",
         );
     }
 

@@ -1,4 +1,4 @@
-//! The router: owns the address table, the inter-router links, the TCP
+//! The router: owns the routing engine, the inter-router links, the TCP
 //! listeners and connectors, and starts everything a config describes.
 //!
 //! Everything runs on one single-threaded tokio runtime (see
@@ -7,12 +7,21 @@
 //! - [`run`] builds the router from a [`Config`] and starts the tasks;
 //! - inter-router listeners and connectors hand each TLS stream to
 //!   [`crate::link::establish`] and run its driver;
-//! - link drivers report routing messages and link ends here, which update
-//!   the [`AddressTable`] and open or close the TCP listeners gated on it;
-//! - accepted client connections become flows on the chosen link.
+//! - link drivers report routing messages and link ends here; they go into
+//!   the link-state [`RoutingEngine`] (sans-IO), whose messages go out on
+//!   the links and whose events open or close the TCP listeners gated on
+//!   address reachability. [`Router::pump`] is the one place that drives it,
+//!   and a timer task calls it when the engine's next timeout comes;
+//! - accepted client connections become flows: the ingress picks the egress
+//!   router ([`Router::choose`]) and sends the flow to its next hop; transit
+//!   routers relay it ([`crate::relay`]).
+//!
+//! The next-hop table is the engine's: one `RefCell` on one thread, changed
+//! only inside `pump`, so a flow start sees the routes from before or after
+//! a topology change, never a mix.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -21,16 +30,19 @@ use std::time::Duration;
 
 use rand::Rng;
 use rustls_pki_types::ServerName;
-use tether_routing::{AddressTable, NeighbourId, ReachabilityChange, RouterMessage};
+use tether_routing::linkstate::{EngineConfig, Event, LinkId, RoutingEngine, Timers};
+use tether_routing::RouterMessage;
 use tether_tcp::FlowSocket;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{
-    Config, ConnectorConfig, ListenerConfig, TcpConnectorConfig, TcpListenerConfig,
+    distribution_for, AddressConfig, Config, ConnectorConfig, Distribution, ListenerConfig,
+    TcpConnectorConfig, TcpListenerConfig,
 };
 use crate::flow::Flow;
 use crate::link::{establish, Link, LinkError, Side};
@@ -65,8 +77,17 @@ pub struct Router {
     pub id: String,
     settings: Settings,
     tcp_connectors: Vec<TcpConnectorConfig>,
-    table: RefCell<AddressTable>,
-    links: RefCell<BTreeMap<NeighbourId, Rc<Link>>>,
+    addresses: RefCell<Vec<AddressConfig>>,
+    engine: RefCell<RoutingEngine>,
+    /// Wakes the engine timer task: the engine's next timeout may have moved.
+    engine_timer: Notify,
+    /// Addresses reachable at the last pump (to log changes).
+    reachable: RefCell<BTreeSet<String>>,
+    links: RefCell<BTreeMap<LinkId, Rc<Link>>>,
+    /// Current cost of each inter-router connector, by name (changed live
+    /// by a config reload), and the link it has up, if any.
+    connector_costs: RefCell<HashMap<String, u32>>,
+    connector_links: RefCell<HashMap<String, LinkId>>,
     next_link_id: Cell<u64>,
     next_flow_key: Cell<u64>,
     active_flows: RefCell<HashMap<(String, String), u32>>,
@@ -84,7 +105,7 @@ struct ListenerGate {
 /// Where a new flow goes.
 enum Choice {
     Local,
-    Remote(Rc<Link>),
+    Remote { link: Rc<Link>, egress: String },
 }
 
 impl Router {
@@ -92,7 +113,7 @@ impl Router {
         &self.settings
     }
 
-    pub fn next_link_id(&self) -> NeighbourId {
+    pub fn next_link_id(&self) -> LinkId {
         let id = self.next_link_id.get() + 1;
         self.next_link_id.set(id);
         id
@@ -148,20 +169,128 @@ impl Router {
         Some(pick)
     }
 
-    pub fn on_routing_message(self: &Rc<Self>, link: NeighbourId, msg: RouterMessage) {
-        let changes = self.table.borrow_mut().handle_message(link, msg);
-        self.apply_reachability(changes);
+    pub fn on_routing_message(self: &Rc<Self>, link: LinkId, msg: RouterMessage) {
+        self.engine
+            .borrow_mut()
+            .handle_message(now_std(), link, msg);
+        self.pump();
     }
 
-    /// Chooses where a new flow for `address` goes: the cheapest, weighted
-    /// by the flows already open there, so a busy site sheds to another;
-    /// equal choices take turns (sequential short flows spread too).
+    /// The link to the next hop towards `router`, if it is reachable.
+    pub fn next_hop(&self, router: &str) -> Option<Rc<Link>> {
+        let engine = self.engine.borrow();
+        let route = engine.route(router)?;
+        self.links.borrow().get(&route.link).cloned()
+    }
+
+    /// Runs the routing engine's due timers, sends what it wants sent and
+    /// acts on its events. Called after every input to the engine and by
+    /// the engine timer task.
+    fn pump(self: &Rc<Self>) {
+        let now = now_std();
+        let mut events = Vec::new();
+        {
+            let mut engine = self.engine.borrow_mut();
+            let links = self.links.borrow();
+            // Bounded: one round handles everything due at `now`.
+            for _ in 0..4 {
+                if engine.poll_timeout().is_some_and(|t| t <= now) {
+                    engine.handle_timeout(now);
+                }
+                while let Some(t) = engine.poll_transmit() {
+                    if let Some(link) = links.get(&t.link) {
+                        link.send_routing(&t.message);
+                    }
+                }
+                while let Some(e) = engine.poll_event() {
+                    events.push(e);
+                }
+                if engine.poll_timeout().is_none_or(|t| t > now) {
+                    break;
+                }
+            }
+        }
+        self.engine_timer.notify_one();
+        let mut addresses_changed = false;
+        for e in events {
+            match e {
+                Event::NeighbourUp { link, router } => {
+                    tracing::info!(link, "router {router} adjacent")
+                }
+                Event::NeighbourDown { link, router } => {
+                    tracing::info!(link, "router {router} no longer adjacent")
+                }
+                Event::RouteChanged {
+                    router,
+                    route: Some(r),
+                } => tracing::info!("route to {router} via {} cost {}", r.next_router, r.cost),
+                Event::RouteChanged {
+                    router,
+                    route: None,
+                } => {
+                    tracing::info!("router {router} unreachable")
+                }
+                Event::AddressChanged { .. } => addresses_changed = true,
+                _ => {}
+            }
+        }
+        if addresses_changed {
+            self.log_reachability();
+            self.sync_gates();
+        }
+    }
+
+    fn log_reachability(&self) {
+        let now: BTreeSet<String> = self
+            .engine
+            .borrow()
+            .addresses()
+            .filter(|(_, offers)| !offers.is_empty())
+            .map(|(a, _)| a.to_string())
+            .collect();
+        let mut before = self.reachable.borrow_mut();
+        for a in now.difference(&before) {
+            tracing::info!(address = %a, "address reachable");
+        }
+        for a in before.difference(&now) {
+            tracing::info!(address = %a, "address unreachable");
+        }
+        *before = now;
+    }
+
+    fn is_reachable(&self, address: &str) -> bool {
+        !self.engine.borrow().destinations(address).is_empty()
+    }
+
+    /// Chooses where a new flow for `address` goes, among the routers
+    /// offering it. `closest`: the least path cost. `balanced`: path cost
+    /// weighted by the flows this router already has open to each, so a
+    /// busy site sheds to another. Equal choices take turns (sequential
+    /// short flows spread too).
     fn choose(&self, address: &str) -> Option<Choice> {
-        let table = self.table.borrow();
+        let distribution = distribution_for(&self.addresses.borrow(), address);
+        let engine = self.engine.borrow();
         let links = self.links.borrow();
         let mut best: Vec<Choice> = Vec::new();
         let mut best_score = u64::MAX;
-        let mut consider = |score: u64, choice: Choice| {
+        for offer in engine.destinations(address) {
+            let choice = match offer.link {
+                None => Choice::Local,
+                Some(id) => match links.get(&id) {
+                    Some(link) => Choice::Remote {
+                        link: link.clone(),
+                        egress: offer.router.clone(),
+                    },
+                    None => continue,
+                },
+            };
+            let score = match distribution {
+                Distribution::Closest => offer.cost,
+                _ => {
+                    let load = 1 + u64::from(self.active(address, &offer.router));
+                    (offer.cost + 1).saturating_mul(load)
+                }
+            };
             if score < best_score {
                 best_score = score;
                 best.clear();
@@ -169,16 +298,6 @@ impl Router {
             if score == best_score {
                 best.push(choice);
             }
-        };
-        if table.has_local(address) {
-            consider(1 + u64::from(self.active(address, &self.id)), Choice::Local);
-        }
-        for d in table.remote_destinations(address) {
-            let Some(link) = links.get(&d.via) else {
-                continue;
-            };
-            let load = 1 + u64::from(self.active(address, &d.router_id));
-            consider((u64::from(d.cost) + 1) * load, Choice::Remote(link.clone()));
         }
         if best.is_empty() {
             return None;
@@ -192,8 +311,8 @@ impl Router {
 
     fn new_client_flow(self: &Rc<Self>, address: &str, stream: TcpStream) {
         match self.choose(address) {
-            Some(Choice::Remote(link)) => {
-                Flow::start_ingress(&link, address, FlowSocket::new(stream))
+            Some(Choice::Remote { link, egress }) => {
+                Flow::start_ingress(&link, address, &egress, FlowSocket::new(stream))
             }
             Some(Choice::Local) => self.local_flow(address, stream),
             // Raced with the address going away: closing tells the client.
@@ -234,26 +353,10 @@ impl Router {
 
     /// Opens or closes TCP listeners as their addresses become reachable or
     /// unreachable: clients are refused while there is nowhere to go.
-    fn apply_reachability(self: &Rc<Self>, changes: Vec<ReachabilityChange>) {
-        for c in &changes {
-            match c {
-                ReachabilityChange::Reachable(a) => {
-                    tracing::info!(address = %a, "address reachable")
-                }
-                ReachabilityChange::Unreachable(a) => {
-                    tracing::info!(address = %a, "address unreachable")
-                }
-            }
-        }
-        if !changes.is_empty() {
-            self.sync_gates();
-        }
-    }
-
     fn sync_gates(self: &Rc<Self>) {
         let mut gates = self.gates.borrow_mut();
         for (idx, gate) in gates.iter_mut().enumerate() {
-            let reachable = self.table.borrow().is_reachable(&gate.cfg.address);
+            let reachable = self.is_reachable(&gate.cfg.address);
             match (reachable, gate.accept_task.is_some()) {
                 (true, false) => {
                     let addr = match resolve(&gate.cfg.host, gate.cfg.port) {
@@ -299,21 +402,57 @@ impl Router {
         }
     }
 
-    fn link_up(self: &Rc<Self>, link: &Rc<Link>, how: &str) {
+    fn link_up(self: &Rc<Self>, link: &Rc<Link>, how: &str, own_cost: u32) {
         tracing::info!(peer = %link.peer_id, link = link.id, cost = link.cost, "link up: peer={} ({how})", link.peer_id);
         self.links.borrow_mut().insert(link.id, link.clone());
-        self.table
+        self.engine
             .borrow_mut()
-            .neighbour_up(link.id, &link.peer_id, link.cost);
-        let update = self.table.borrow().local_update(&self.id);
-        link.send_routing(&update);
+            .handle_link_up(now_std(), link.id, own_cost);
+        self.pump();
     }
 
     fn link_down(self: &Rc<Self>, link: &Rc<Link>, reason: &LinkError) {
         tracing::warn!(peer = %link.peer_id, link = link.id, "link down: peer={}: {reason}", link.peer_id);
         self.links.borrow_mut().remove(&link.id);
-        let changes = self.table.borrow_mut().neighbour_down(link.id);
-        self.apply_reachability(changes);
+        self.engine
+            .borrow_mut()
+            .handle_link_down(now_std(), link.id);
+        self.pump();
+    }
+
+    /// Applies a re-read config file: connector costs and `[[address]]`
+    /// distributions change live; anything else needs a restart (logged).
+    pub fn reload(self: &Rc<Self>, new: &Config) {
+        let mut changed = false;
+        for c in &new.connectors {
+            let old = self.connector_costs.borrow().get(&c.name).copied();
+            match old {
+                Some(old) if old != c.cost => {
+                    tracing::info!(connector = %c.name, "config reload: cost {old} -> {}", c.cost);
+                    self.connector_costs
+                        .borrow_mut()
+                        .insert(c.name.clone(), c.cost);
+                    let link = self.connector_links.borrow().get(&c.name).copied();
+                    if let Some(link) = link {
+                        self.engine
+                            .borrow_mut()
+                            .set_link_cost(now_std(), link, c.cost);
+                    }
+                    changed = true;
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(connector = %c.name, "config reload: new connectors need a restart")
+                }
+            }
+        }
+        if *self.addresses.borrow() != new.addresses {
+            tracing::info!("config reload: [[address]] distributions updated");
+            *self.addresses.borrow_mut() = new.addresses.clone();
+        }
+        if changed {
+            self.pump();
+        }
     }
 
     /// Runs one link from a fresh TLS stream until it ends.
@@ -322,14 +461,30 @@ impl Router {
         stream: S,
         side: Side,
         how: String,
+        connector: Option<String>,
     ) -> Result<Duration, LinkError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let own_cost = match side {
+            Side::Connector { cost } => cost,
+            Side::Listener => 1,
+        };
         let (link, driver) = establish(self, stream, side).await?;
         let started = Instant::now();
-        self.link_up(&link, &how);
+        if let Some(name) = &connector {
+            self.connector_links
+                .borrow_mut()
+                .insert(name.clone(), link.id);
+        }
+        self.link_up(&link, &how, own_cost);
         let reason = driver.await;
+        if let Some(name) = &connector {
+            let mut m = self.connector_links.borrow_mut();
+            if m.get(name) == Some(&link.id) {
+                m.remove(name);
+            }
+        }
         self.link_down(&link, &reason);
         Ok(started.elapsed())
     }
@@ -391,7 +546,7 @@ async fn accept_links(
             let mut tls = tls;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
             if let Err(e) = router
-                .run_link(tls, Side::Listener, format!("accepted from {peer}"))
+                .run_link(tls, Side::Listener, format!("accepted from {peer}"), None)
                 .await
             {
                 log_link_failure(&format!("inter-router connection from {peer}"), &e);
@@ -463,8 +618,14 @@ async fn connect_once(
         };
     tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     let how = format!("connector {}:{}", cfg.host, cfg.port);
+    let cost = router
+        .connector_costs
+        .borrow()
+        .get(&cfg.name)
+        .copied()
+        .unwrap_or(cfg.cost);
     router
-        .run_link(tls, Side::Connector { cost: cfg.cost }, how)
+        .run_link(tls, Side::Connector { cost }, how, Some(cfg.name.clone()))
         .await
         .map_err(|e| match e {
             LinkError::DuplicateId(_) => {
@@ -475,10 +636,57 @@ async fn connect_once(
         })
 }
 
+/// Re-reads the config file on SIGHUP and applies what can change live.
+async fn reload_on_hangup(router: Rc<Router>, path: std::path::PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match crate::config::load(&path) {
+            Ok(new) => router.reload(&new),
+            Err(e) => tracing::error!("config reload failed, keeping the running config: {e}"),
+        }
+    }
+}
+
 /// Splits a flow window into credits and a delivery size: deliveries of a
 /// quarter window (16-256 KiB; larger socket reads mean fewer frames and
 /// wake-ups: 256 KiB reads took single-flow bulk from ~5.8 to ~8.7 Gbit/s
 /// here), and as many credits as fit.
+/// The current time for the routing engine (tokio's clock, so tests with
+/// paused time work).
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Starts each run of the router with a larger routing instance than the
+/// last (the engine requires it): the wall clock in milliseconds.
+fn routing_instance() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Calls [`Router::pump`] whenever the engine's next timeout comes.
+async fn engine_timer(router: Rc<Router>) {
+    loop {
+        let next = router.engine.borrow().poll_timeout();
+        let notified = router.engine_timer.notified();
+        match next {
+            Some(t) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(Instant::from_std(t)) => router.pump(),
+                    _ = notified => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
 pub fn flow_credit(flow_window: u32) -> (u32, u32) {
     let delivery = (flow_window / 4).clamp(16 * 1024, tether_tcp::MAX_READ_CHUNK as u32);
     ((flow_window / delivery).max(1), delivery)
@@ -497,8 +705,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             max_delivery,
         },
         tcp_connectors: config.tcp_connectors.clone(),
-        table: RefCell::new(AddressTable::new()),
+        addresses: RefCell::new(config.addresses.clone()),
+        engine: RefCell::new(RoutingEngine::new(EngineConfig {
+            router_id: config.router.id.clone(),
+            instance: routing_instance(),
+            timers: Timers {
+                hello_interval: config.router.hello_interval,
+                dead_interval: config.router.dead_interval,
+                ra_interval: config.router.advertisement_interval,
+                ..Timers::default()
+            },
+        })),
+        engine_timer: Notify::new(),
+        reachable: RefCell::new(BTreeSet::new()),
         links: RefCell::new(BTreeMap::new()),
+        connector_costs: RefCell::new(
+            config
+                .connectors
+                .iter()
+                .map(|c| (c.name.clone(), c.cost))
+                .collect(),
+        ),
+        connector_links: RefCell::new(HashMap::new()),
         next_link_id: Cell::new(0),
         next_flow_key: Cell::new(0),
         active_flows: RefCell::new(HashMap::new()),
@@ -542,9 +770,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::task::spawn_local(connector_loop(router.clone(), c.clone(), profile(&c.tls)?));
     }
     let local = config.tcp_connectors.iter().map(|c| c.address.clone());
-    let changes = router.table.borrow_mut().set_local_addresses(local);
-    router.apply_reachability(changes);
+    router
+        .engine
+        .borrow_mut()
+        .set_local_addresses(now_std(), local);
+    router.pump();
     router.sync_gates();
+    tokio::task::spawn_local(engine_timer(router.clone()));
+    tokio::task::spawn_local(reload_on_hangup(router.clone(), config.path.clone()));
     tracing::info!(router = %router.id, "router ready");
     shutdown.await;
     tracing::info!(router = %router.id, "router stopping");

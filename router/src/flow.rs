@@ -31,7 +31,10 @@ use tether_protocol::types::definitions::Role;
 use tether_protocol::DataTransferSlot;
 use tether_tcp::{FlowSocket, WriteQueue};
 
-use crate::link::{Link, COND_FLOW_ABORTED, COND_RESET, COND_SERVICE_UNAVAILABLE, OUT_HIGH_WATER};
+use crate::link::{
+    FlowRef, FlowRoute, Link, COND_FLOW_ABORTED, COND_RESET, COND_SERVICE_UNAVAILABLE,
+    OUT_HIGH_WATER,
+};
 
 /// Direction of one of a flow's two AMQP links, seen from this router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,26 +113,26 @@ impl Flow {
         })
     }
 
-    /// Starts a flow for an accepted client connection towards `link`'s
-    /// peer, which offers `address`.
-    pub fn start_ingress(link: &Rc<Link>, address: &str, socket: FlowSocket) {
+    /// Starts a flow for an accepted client connection on `link`, the
+    /// first hop towards `egress`, a router that offers `address`.
+    pub fn start_ingress(link: &Rc<Link>, address: &str, egress: &str, socket: FlowSocket) {
         let router = &link.router;
         let name = format!("{}/{}", router.id, router.next_flow_key());
-        let flow = Flow::new(
-            link,
-            name.clone(),
-            address.to_string(),
-            link.peer_id.clone(),
-        );
+        let flow = Flow::new(link, name.clone(), address.to_string(), egress.to_string());
         *flow.socket.borrow_mut() = Some(Rc::new(socket));
-        link.register_flow(&flow);
-        link.expect_attach(name.clone(), &flow);
+        link.register(flow.key, FlowRef::Flow(flow.clone()));
+        link.expect_attach(name.clone(), FlowRef::Flow(flow.clone()));
+        let route = FlowRoute {
+            egress: egress.to_string(),
+            hops: 0,
+        };
         link.send_attach(
             &format!("{name}/c2s"),
             flow.tx_handle,
             Role::Sender,
             address,
             &name,
+            Some(&route),
         );
         link.send_attach(
             &format!("{name}/s2c"),
@@ -137,6 +140,7 @@ impl Flow {
             Role::Receiver,
             address,
             &name,
+            None,
         );
         let f = flow.clone();
         tokio::task::spawn_local(async move { poll_fn(|cx| f.poll_io(cx)).await });
@@ -151,8 +155,8 @@ impl Flow {
         Flow::new(link, name, address, router_id)
     }
 
-    /// Answers the peer's attaches and connects to the service.
-    pub fn start_egress(self: &Rc<Self>) {
+    /// Answers the peer's attaches.
+    fn answer_attaches(&self) {
         let link = &self.link;
         link.send_attach(
             &format!("{}/c2s", self.name),
@@ -160,6 +164,7 @@ impl Flow {
             Role::Receiver,
             &self.address,
             &self.name,
+            None,
         );
         link.send_attach(
             &format!("{}/s2c", self.name),
@@ -167,7 +172,21 @@ impl Flow {
             Role::Sender,
             &self.address,
             &self.name,
+            None,
         );
+    }
+
+    /// Answers the peer's attaches and ends the flow at once with `condition`
+    /// (the far end resets its socket).
+    pub fn refuse(self: &Rc<Self>, condition: &str, reason: String) {
+        self.answer_attaches();
+        self.abort(condition, reason);
+    }
+
+    /// Answers the peer's attaches and connects to the service.
+    pub fn start_egress(self: &Rc<Self>) {
+        let link = &self.link;
+        self.answer_attaches();
         let Some(target) = link.router.pick_local_connector(&self.address) else {
             tracing::warn!(address = %self.address, flow = %self.name, "no tcp_connector for address; refusing flow");
             self.abort(
@@ -290,7 +309,7 @@ impl Flow {
         } else if st.credit_owed >= (window / 8).max(1) && !st.credit_deferred {
             st.credit_deferred = true;
             drop(st);
-            self.link.defer_credit(self.clone());
+            self.link.defer_credit(FlowRef::Flow(self.clone()));
         }
     }
 
@@ -446,7 +465,7 @@ impl Flow {
 
     fn maybe_finish(&self) {
         if self.is_complete() && !self.finished.replace(true) {
-            self.link.unregister_flow(self.key);
+            self.link.unregister(self.key);
             // Drop the socket now: a normal close after both half-closes,
             // or an RST after reset().
             self.socket.borrow_mut().take();

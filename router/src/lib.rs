@@ -11,4 +11,5 @@ pub mod core;
 pub mod demo;
 pub mod flow;
 pub mod link;
+pub mod relay;
 pub mod tls;

@@ -46,6 +46,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::core::Router;
 use crate::flow::{Dir, Flow};
+use crate::relay::{Leg, Relay};
 
 /// Largest frame we accept and announce (flow deliveries are at most 256 KiB).
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
@@ -66,16 +67,42 @@ const PROP_INITIAL_CREDIT: &str = "tether:initial-credit";
 const PROP_MAX_DELIVERY: &str = "tether:max-delivery";
 /// Open property: this end's configured link cost.
 const PROP_COST: &str = "tether:cost";
+/// Attach property of a flow's client-to-service link: the router id of
+/// the flow's egress (chosen by the ingress).
+const PROP_EGRESS: &str = "tether:egress";
+/// Attach property: routers the flow's attach has passed through.
+const PROP_HOPS: &str = "tether:hops";
+/// A flow attach that has passed this many routers is refused (a routing
+/// loop while the network converges).
+pub const MAX_FLOW_HOPS: u32 = 32;
 pub const COND_DUPLICATE_ID: &str = "tether:duplicate-router-id";
 pub const COND_FLOW_ABORTED: &str = "tether:flow-aborted";
 pub const COND_SERVICE_UNAVAILABLE: &str = "tether:service-unavailable";
 pub const COND_RESET: &str = "tether:connection-reset";
+pub const COND_NO_ROUTE: &str = "tether:no-route";
+
+/// Where a flow is going, carried in its client-to-service attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRoute {
+    /// The router whose tcp_connector serves the flow.
+    pub egress: String,
+    /// Routers passed so far.
+    pub hops: u32,
+}
 
 /// What the remote handle of an incoming frame refers to.
 #[derive(Clone)]
 pub(crate) enum Endpoint {
     Control,
     Flow(Rc<Flow>, Dir),
+    Relay(Rc<Relay>, Leg, Dir),
+}
+
+/// A flow end or a relay leg using this link.
+#[derive(Clone)]
+pub(crate) enum FlowRef {
+    Flow(Rc<Flow>),
+    Relay(Rc<Relay>, Leg),
 }
 
 /// One established inter-router link, shared by the driver and its flows.
@@ -92,11 +119,11 @@ pub struct Link {
     driver_waker: RefCell<Option<Waker>>,
     space_waiters: RefCell<Vec<Waker>>,
     endpoints: RefCell<HashMap<u32, Endpoint>>,
-    awaiting_attach: RefCell<HashMap<String, Rc<Flow>>>,
-    deferred_credit: RefCell<Vec<Rc<Flow>>>,
+    awaiting_attach: RefCell<HashMap<String, FlowRef>>,
+    deferred_credit: RefCell<Vec<FlowRef>>,
     handles: RefCell<HandleAllocator>,
     next_delivery_id: Cell<u32>,
-    flows: RefCell<HashMap<u64, Rc<Flow>>>,
+    flows: RefCell<HashMap<u64, FlowRef>>,
     down: Cell<bool>,
 }
 
@@ -156,14 +183,17 @@ impl Link {
     }
 
     /// Queues a flow's credit to go out with the link's next write.
-    pub(crate) fn defer_credit(&self, flow: Rc<Flow>) {
+    pub(crate) fn defer_credit(&self, flow: FlowRef) {
         self.deferred_credit.borrow_mut().push(flow);
     }
 
     fn flush_deferred_credit(&self) {
         let flows = std::mem::take(&mut *self.deferred_credit.borrow_mut());
         for f in flows {
-            f.flush_credit();
+            match f {
+                FlowRef::Flow(f) => f.flush_credit(),
+                FlowRef::Relay(r, leg) => r.flush_credit(leg),
+            }
         }
     }
 
@@ -181,16 +211,33 @@ impl Link {
         self.handles.borrow_mut().release(h);
     }
 
-    pub(crate) fn register_flow(&self, flow: &Rc<Flow>) {
-        self.flows.borrow_mut().insert(flow.key, flow.clone());
+    pub(crate) fn register(&self, key: u64, flow: FlowRef) {
+        self.flows.borrow_mut().insert(key, flow);
     }
 
-    pub(crate) fn expect_attach(&self, name: String, flow: &Rc<Flow>) {
-        self.awaiting_attach.borrow_mut().insert(name, flow.clone());
+    pub(crate) fn expect_attach(&self, name: String, flow: FlowRef) {
+        self.awaiting_attach.borrow_mut().insert(name, flow);
     }
 
-    pub(crate) fn unregister_flow(&self, key: u64) {
+    pub(crate) fn register_relay_endpoint(
+        &self,
+        remote_handle: u32,
+        relay: &Rc<Relay>,
+        leg: Leg,
+        dir: Dir,
+    ) {
+        self.endpoints
+            .borrow_mut()
+            .insert(remote_handle, Endpoint::Relay(relay.clone(), leg, dir));
+    }
+
+    pub(crate) fn unregister(&self, key: u64) {
         self.flows.borrow_mut().remove(&key);
+    }
+
+    /// Flows and relays using this link.
+    pub fn flow_count(&self) -> usize {
+        self.flows.borrow().len()
     }
 
     /// Appends a performative; encoding our own well-formed performatives
@@ -235,7 +282,15 @@ impl Link {
         self.with_out(|out| encode_transfer(out, 0, &t, &payload));
     }
 
-    pub fn send_attach(&self, name: &str, handle: u32, role: Role, address: &str, peer: &str) {
+    pub fn send_attach(
+        &self,
+        name: &str,
+        handle: u32,
+        role: Role,
+        address: &str,
+        peer: &str,
+        route: Option<&FlowRoute>,
+    ) {
         let (source, target, initial_delivery_count) = match role {
             Role::Sender => (peer, address, Some(0)),
             Role::Receiver => (address, peer, None),
@@ -260,7 +315,12 @@ impl Link {
             max_message_size: None,
             offered_capabilities: None,
             desired_capabilities: None,
-            properties: None,
+            properties: route.map(|r| {
+                let mut props = OrderedMap::new();
+                props.insert(Symbol::from(PROP_EGRESS), Value::String(r.egress.clone()));
+                props.insert(Symbol::from(PROP_HOPS), Value::Uint(r.hops));
+                props
+            }),
         };
         // Not woken here: a new flow's first data should share the write.
         self.append_performative(&Performative::Attach(attach));
@@ -298,9 +358,12 @@ impl Link {
         if self.down.replace(true) {
             return;
         }
-        let flows: Vec<Rc<Flow>> = self.flows.borrow_mut().drain().map(|(_, f)| f).collect();
+        let flows: Vec<FlowRef> = self.flows.borrow_mut().drain().map(|(_, f)| f).collect();
         for f in flows {
-            f.link_lost(reason);
+            match f {
+                FlowRef::Flow(f) => f.link_lost(reason),
+                FlowRef::Relay(r, leg) => r.link_lost(leg, reason),
+            }
         }
         self.endpoints.borrow_mut().clear();
         self.awaiting_attach.borrow_mut().clear();
@@ -322,6 +385,11 @@ impl Link {
                         flow.on_data(data);
                         Ok(())
                     }
+                    Some(Endpoint::Relay(relay, leg, Dir::Recv)) => {
+                        let data = data_section_body(&payload).map_err(LinkError::Decode)?;
+                        relay.on_data(leg, data);
+                        Ok(())
+                    }
                     Some(Endpoint::Control) => {
                         let body = data_section_body(&payload).map_err(LinkError::Decode)?;
                         let msg = RouterMessage::decode(&body).map_err(|e| {
@@ -331,7 +399,9 @@ impl Link {
                         Ok(())
                     }
                     // A transfer racing with a detach we sent: drop it.
-                    Some(Endpoint::Flow(_, Dir::Send)) | None => Ok(()),
+                    Some(Endpoint::Flow(_, Dir::Send))
+                    | Some(Endpoint::Relay(_, _, Dir::Send))
+                    | None => Ok(()),
                 }
             }
             FrameBody::Performative(p) => self.dispatch_performative(p),
@@ -347,20 +417,28 @@ impl Link {
             Performative::Flow(f) => {
                 if let (Some(h), Some(credit)) = (f.handle, f.link_credit) {
                     let ep = self.endpoints.borrow().get(&h.0).cloned();
-                    if let Some(Endpoint::Flow(flow, Dir::Send)) = ep {
-                        flow.on_credit(f.delivery_count.unwrap_or(0), credit);
+                    match ep {
+                        Some(Endpoint::Flow(flow, Dir::Send)) => {
+                            flow.on_credit(f.delivery_count.unwrap_or(0), credit)
+                        }
+                        Some(Endpoint::Relay(relay, leg, Dir::Send)) => {
+                            relay.on_credit(leg, f.delivery_count.unwrap_or(0), credit)
+                        }
+                        _ => {}
                     }
                 }
                 Ok(())
             }
             Performative::Detach(d) => {
                 let ep = self.endpoints.borrow_mut().remove(&d.handle.0);
-                if let Some(Endpoint::Flow(flow, dir)) = ep {
-                    let err = d.error.map(|e| {
-                        let cond = condition_str(&e.condition);
-                        (cond, e.description.unwrap_or_default())
-                    });
-                    flow.on_detach(dir, err);
+                let err = d.error.map(|e| {
+                    let cond = condition_str(&e.condition);
+                    (cond, e.description.unwrap_or_default())
+                });
+                match ep {
+                    Some(Endpoint::Flow(flow, dir)) => flow.on_detach(dir, err),
+                    Some(Endpoint::Relay(relay, leg, dir)) => relay.on_detach(leg, dir, err),
+                    _ => {}
                 }
                 Ok(())
             }
@@ -402,15 +480,26 @@ impl Link {
             Role::Receiver => Dir::Send,
         };
         let existing = self.awaiting_attach.borrow().get(flow_name).cloned();
-        if let Some(flow) = existing {
-            flow.set_remote_handle(our_dir, a.handle.0);
-            self.endpoints
-                .borrow_mut()
-                .insert(a.handle.0, Endpoint::Flow(flow.clone(), our_dir));
-            if flow.both_remote_handles_known() {
-                self.awaiting_attach.borrow_mut().remove(flow_name);
+        match existing {
+            Some(FlowRef::Flow(flow)) => {
+                flow.set_remote_handle(our_dir, a.handle.0);
+                self.endpoints
+                    .borrow_mut()
+                    .insert(a.handle.0, Endpoint::Flow(flow.clone(), our_dir));
+                if flow.both_remote_handles_known() {
+                    self.awaiting_attach.borrow_mut().remove(flow_name);
+                }
+                return;
             }
-            return;
+            Some(FlowRef::Relay(relay, leg)) => {
+                relay.set_remote_handle(leg, our_dir, a.handle.0);
+                self.register_relay_endpoint(a.handle.0, &relay, leg, our_dir);
+                if relay.both_remote_handles_known(leg) {
+                    self.awaiting_attach.borrow_mut().remove(flow_name);
+                }
+                return;
+            }
+            None => {}
         }
         // A new flow from the peer: its client-to-service sender comes first.
         if dir_suffix != "c2s" || our_dir != Dir::Recv {
@@ -421,6 +510,44 @@ impl Link {
             Some(TargetArchetype::Target(t)) => t.address.clone().unwrap_or_default(),
             _ => String::new(),
         };
+        let prop = |name: &str| {
+            a.properties
+                .as_ref()
+                .and_then(|p| p.iter().find(|(k, _)| k.0 == name).map(|(_, v)| v.clone()))
+        };
+        let route = match (prop(PROP_EGRESS), prop(PROP_HOPS)) {
+            (Some(Value::String(egress)), hops) => Some(FlowRoute {
+                egress,
+                hops: match hops {
+                    Some(Value::Uint(n)) => n,
+                    _ => 0,
+                },
+            }),
+            _ => None,
+        };
+        let to_here = route.as_ref().is_none_or(|r| r.egress == self.router.id);
+        let refusal = if to_here {
+            None
+        } else {
+            let route = route.as_ref().filter(|r| r.hops < MAX_FLOW_HOPS);
+            match route.map(|r| (r, self.router.next_hop(&r.egress))) {
+                None => Some(format!(
+                    "flow passed {MAX_FLOW_HOPS} routers (routing loop?)"
+                )),
+                Some((r, None)) => Some(format!(
+                    "router {} has no route to router {}",
+                    self.router.id, r.egress
+                )),
+                Some((_, Some(down))) if down.id == self.id => Some(format!(
+                    "router {}'s route to the egress leads back (routing loop)",
+                    self.router.id
+                )),
+                Some((r, Some(down))) => {
+                    Relay::start(self, &down, flow_name, &address, r, a.handle.0);
+                    return;
+                }
+            }
+        };
         let flow = Flow::new_egress(self, flow_name.to_string(), address);
         flow.set_remote_handle(Dir::Recv, a.handle.0);
         self.endpoints
@@ -428,9 +555,15 @@ impl Link {
             .insert(a.handle.0, Endpoint::Flow(flow.clone(), Dir::Recv));
         self.awaiting_attach
             .borrow_mut()
-            .insert(flow_name.to_string(), flow.clone());
-        self.register_flow(&flow);
-        flow.start_egress();
+            .insert(flow_name.to_string(), FlowRef::Flow(flow.clone()));
+        self.register(flow.key, FlowRef::Flow(flow.clone()));
+        match refusal {
+            None => flow.start_egress(),
+            Some(why) => {
+                tracing::warn!(flow = %flow_name, "refusing transit flow: {why}");
+                flow.refuse(COND_NO_ROUTE, why);
+            }
+        }
     }
 }
 
@@ -667,6 +800,7 @@ where
         Role::Sender,
         "$tether-routing",
         &open.container_id,
+        None,
     );
     let now = Instant::now();
     let driver = LinkDriver {
@@ -678,6 +812,7 @@ where
         hello_interval: cfg.hello_interval,
         dead_interval: cfg.dead_interval,
         timer: Box::pin(tokio::time::sleep(cfg.hello_interval)),
+        next_heartbeat: now + cfg.hello_interval,
         last_recv: now,
         sent_since_tick: true,
         flushing: false,
@@ -727,6 +862,7 @@ pub struct LinkDriver<S> {
     hello_interval: Duration,
     dead_interval: Duration,
     timer: Pin<Box<Sleep>>,
+    next_heartbeat: Instant,
     last_recv: Instant,
     sent_since_tick: bool,
     flushing: bool,
@@ -797,18 +933,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
                 Poll::Pending => {}
             }
         }
-        // Heartbeats and the dead interval.
+        // Heartbeats and the dead interval. The timer fires at the next
+        // heartbeat or when the peer would be silent for the dead interval,
+        // whichever is first, so a silent peer is dropped on time.
         if self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let silent = now.duration_since(self.last_recv);
             if silent >= self.dead_interval {
                 return Err(LinkError::Silent(silent));
             }
-            if !self.sent_since_tick {
-                self.link.with_out(tether_protocol::encode_heartbeat);
+            if now >= self.next_heartbeat {
+                if !self.sent_since_tick {
+                    self.link.with_out(tether_protocol::encode_heartbeat);
+                }
+                self.sent_since_tick = false;
+                self.next_heartbeat = now + self.hello_interval;
             }
-            self.sent_since_tick = false;
-            self.timer.as_mut().reset(now + self.hello_interval);
+            let deadline = self.next_heartbeat.min(self.last_recv + self.dead_interval);
+            self.timer.as_mut().reset(deadline);
             progress = true;
         }
         Ok(progress)

@@ -14,6 +14,9 @@
 //! - [`RoutingEngine::handle_link_up`] / [`RoutingEngine::handle_link_down`]:
 //!   an inter-router link (a [`LinkId`] chosen by the caller) opened with
 //!   this end's cost setting, or closed.
+//! - [`RoutingEngine::set_link_cost`]: this end's cost setting of an open
+//!   link changed (e.g. a configuration reload). A HELLO carries the new
+//!   setting to the peer at once; routes move on both sides.
 //! - [`RoutingEngine::handle_message`]: a [`RouterMessage`] that arrived on
 //!   a link.
 //! - [`RoutingEngine::handle_timeout`]: the time in
@@ -76,6 +79,12 @@
 //!   RAs in a row (so ordinary flooding in progress does not trigger it).
 //!   The receiver of a summary pushes back every LSU / full MAU it holds
 //!   newer than the summary says; both ends send one, so both catch up.
+//!   Summaries and pushes cover reachable routers only (the state of an
+//!   unreachable one may be stale); what was held back is sent on that
+//!   link as soon as the router becomes reachable again. Without that, a
+//!   neighbour that came up during a partition would miss the far side's
+//!   unchanged state when it heals (nothing new is flooded for it) until
+//!   the digest check found the difference, seconds later.
 //! - **MAU** (kind 6) `{origin, instance, seq, change}`: the addresses a
 //!   router has consumers for. Incremental (`added`, `removed`) applies only
 //!   on top of `seq - 1`; a router further behind sends a **MAR** (kind 7)
@@ -105,7 +114,10 @@
 //! [`RoutingEngine::handle_timeout`] once the SPF delay after the first
 //! change has passed: SPF runs only if the usable graph actually changed,
 //! and with a delay of 0 at most once per instant however many messages
-//! arrived at it. Unreachable routers' state is dropped at RA ticks once the
+//! arrived at it. A change of this router's own links that leaves the graph
+//! as it was (one of several parallel links to a neighbour opened, closed
+//! or re-costed) re-picks the next-hop links from the last SPF result
+//! without running it again. Unreachable routers' state is dropped at RA ticks once the
 //! keep time has passed (kept meanwhile so that messages arriving in an
 //! unlucky order do not lose it).
 
@@ -253,6 +265,9 @@ pub struct RoutingEngine {
     /// Originate even if the links did not change (after a seq jump).
     ls_force: bool,
     spf_dirty: bool,
+    /// This router's adjacencies or their costs changed: re-pick next-hop
+    /// links even if SPF does not run.
+    routes_dirty: bool,
     work_at: Option<Instant>,
     next_hello: Option<Instant>,
     next_ra: Option<Instant>,
@@ -269,6 +284,10 @@ struct Link {
     peer: Option<Peer>,
     /// A database summary is owed on this link (adjacency just came up).
     summary_due: bool,
+    /// Routers whose state we held newer than the peer's summary said but
+    /// did not push because they were unreachable here: sent the moment
+    /// they become reachable (the peer may never have seen them).
+    owed: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -367,6 +386,7 @@ impl RoutingEngine {
             ls_dirty: false,
             ls_force: false,
             spf_dirty: false,
+            routes_dirty: false,
             work_at: None,
             next_hello: None,
             next_ra: None,
@@ -395,6 +415,7 @@ impl RoutingEngine {
                 cost: cost.max(1),
                 peer: None,
                 summary_due: false,
+                owed: BTreeSet::new(),
             },
         );
         self.send_hello(link);
@@ -410,6 +431,30 @@ impl RoutingEngine {
             if peer.two_way {
                 self.adjacency_down(now, link, peer.router_id);
             }
+        }
+    }
+
+    /// This end's cost setting of the open `link` changed to `cost`
+    /// (below 1 counts as 1). A HELLO with the new setting goes out on the
+    /// link at once, and if the link is a two-way adjacency this router's
+    /// link state is re-originated and routes recomputed, as for any other
+    /// change; the peer does the same when the HELLO arrives. The link's
+    /// cost stays the larger of the two ends' settings. An unknown link, or
+    /// the setting it already has, changes nothing.
+    pub fn set_link_cost(&mut self, now: Instant, link: LinkId, cost: u32) {
+        self.start_timers(now);
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let cost = cost.max(1);
+        if l.cost == cost {
+            return;
+        }
+        l.cost = cost;
+        let two_way = l.peer.as_ref().is_some_and(|p| p.two_way);
+        self.send_hello(link);
+        if two_way {
+            self.own_links_changed(now);
         }
     }
 
@@ -456,7 +501,10 @@ impl RoutingEngine {
             let was_two_way = self
                 .links
                 .get_mut(&id)
-                .and_then(|l| l.peer.take())
+                .and_then(|l| {
+                    l.owed.clear();
+                    l.peer.take()
+                })
                 .is_some_and(|p| p.two_way);
             if was_two_way {
                 self.adjacency_down(now, id, router);
@@ -655,6 +703,7 @@ impl RoutingEngine {
         if let Some((was_two_way, old_id)) = restarted {
             if let Some(l) = self.links.get_mut(&link) {
                 l.peer = None;
+                l.owed.clear();
             }
             if was_two_way {
                 self.adjacency_down(now, link, old_id);
@@ -692,14 +741,10 @@ impl RoutingEngine {
                     link,
                     router: hello.router_id,
                 });
-                self.ls_dirty = true;
-                self.schedule(now);
+                self.own_links_changed(now);
             }
             (true, false) => self.adjacency_down(now, link, hello.router_id),
-            (true, true) if cost_changed => {
-                self.ls_dirty = true;
-                self.schedule(now);
-            }
+            (true, true) if cost_changed => self.own_links_changed(now),
             _ => {}
         }
     }
@@ -833,22 +878,34 @@ impl RoutingEngine {
         }
         let mut send_ls = Vec::new();
         let mut send_mobile = Vec::new();
+        let mut owed = Vec::new();
         for (id, record) in &self.records {
-            if !self.record_reachable(id, record) {
-                continue;
-            }
             let (their_ls, their_mobile) = match theirs.get(id.as_str()) {
                 Some(e) => ((e.ls_instance, e.ls_seq), (e.mobile_instance, e.mobile_seq)),
                 None => ((0, 0), (0, 0)),
             };
-            if record.ls.is_some() && record.ls_version() > their_ls {
+            let newer_ls = record.ls.is_some() && record.ls_version() > their_ls;
+            let newer_mobile = record.mobile.as_ref().is_some_and(|m| m.seq > 0)
+                && record.mobile_version() > their_mobile;
+            if !self.record_reachable(id, record) {
+                // Unreachable state may be stale: keep it to ourselves
+                // unless it comes back (a partition healing), then send it
+                // (see `update_routes`): if it does not change meanwhile
+                // nothing else would bring it to this peer.
+                if newer_ls || newer_mobile {
+                    owed.push(id.clone());
+                }
+                continue;
+            }
+            if newer_ls {
                 send_ls.push(id.clone());
             }
-            if record.mobile.as_ref().is_some_and(|m| m.seq > 0)
-                && record.mobile_version() > their_mobile
-            {
+            if newer_mobile {
                 send_mobile.push(id.clone());
             }
+        }
+        if let Some(l) = self.links.get_mut(&link) {
+            l.owed.extend(owed);
         }
         send_ls.sort();
         send_mobile.sort();
@@ -958,6 +1015,8 @@ impl RoutingEngine {
             .collect();
         if self.spf_dirty {
             self.run_spf();
+        } else if self.routes_dirty {
+            self.update_routes();
         }
         // Summaries after SPF: they list the routers reachable now.
         for id in owed {
@@ -1025,6 +1084,14 @@ impl RoutingEngine {
             return;
         };
         self.topology.spf_into(me, &mut self.spf);
+        self.update_routes();
+    }
+
+    /// Routes from the last SPF result and the current adjacencies; emits
+    /// what changed.
+    fn update_routes(&mut self) {
+        self.routes_dirty = false;
+        self.digest = None;
         // Next-hop link per neighbour node: cheapest, then lowest id.
         let mut hop_links: Vec<(u32, u32, LinkId)> = Vec::new();
         for (&id, l) in &self.links {
@@ -1036,6 +1103,8 @@ impl RoutingEngine {
             }
         }
         hop_links.sort_unstable();
+        let owing = self.links.values().any(|l| !l.owed.is_empty());
+        let mut back: Vec<String> = Vec::new();
         let bound = self.routes.len().max(self.spf.cost.len());
         self.routes.resize(bound, None);
         for i in 0..bound {
@@ -1084,6 +1153,7 @@ impl RoutingEngine {
                 })
             });
             let old = std::mem::replace(&mut self.routes[i], new.clone());
+            let old_serial = old.as_ref().map(|o| o.serial);
             if old.is_some() {
                 self.reachable -= 1;
             }
@@ -1101,11 +1171,34 @@ impl RoutingEngine {
             }
             if let Some(new) = new {
                 self.mark_router_addresses(&new.router);
+                if owing && old_serial != Some(new.serial) {
+                    back.push(new.router.clone());
+                }
                 self.events.push_back(Event::RouteChanged {
                     router: new.router,
                     route: Some(new.route),
                 });
             }
+        }
+        if !back.is_empty() {
+            self.send_owed(&back);
+        }
+    }
+
+    /// `routers` just became reachable: send their state on the links it
+    /// is owed on.
+    fn send_owed(&mut self, routers: &[String]) {
+        let mut sends: Vec<(LinkId, String)> = Vec::new();
+        for (&id, l) in self.links.iter_mut() {
+            for r in routers {
+                if l.owed.remove(r) {
+                    sends.push((id, r.clone()));
+                }
+            }
+        }
+        for (link, router) in sends {
+            self.send_lsu(link, &router);
+            self.send_full_mau(link, &router);
         }
     }
 
@@ -1170,6 +1263,9 @@ impl RoutingEngine {
         for id in gone {
             self.unreachable_since.remove(&id);
             self.stats.routers_pruned += 1;
+            for l in self.links.values_mut() {
+                l.owed.remove(&id);
+            }
             if let Some(record) = self.records.remove(&id) {
                 if record.ls.is_some() && self.topology.remove_router(&id) {
                     self.spf_dirty = true;
@@ -1222,7 +1318,15 @@ impl RoutingEngine {
 
     fn adjacency_down(&mut self, now: Instant, link: LinkId, router: String) {
         self.events.push_back(Event::NeighbourDown { link, router });
+        self.own_links_changed(now);
+    }
+
+    /// An adjacency came, went or changed cost: re-originate, and re-pick
+    /// next-hop links (with parallel links to a neighbour the graph, and so
+    /// SPF, may not notice: the link in use may be the one that closed).
+    fn own_links_changed(&mut self, now: Instant) {
         self.ls_dirty = true;
+        self.routes_dirty = true;
         self.schedule(now);
     }
 
