@@ -246,54 +246,46 @@ def run_perfanchor(args, label, target, backend, tests, watch, pinned):
 # systems under test
 # --------------------------------------------------------------------------
 
-def start_tether(args, procs, work, backend, taken):
-    out = subprocess.run([args.tether, "certs", "--out", work, "east", "west"],
+TLS_PROFILE = """
+[tls.site]
+ca = "ca.pem"
+cert = "{name}.pem"
+key = "{name}-key.pem"
+"""
+
+
+def start_tether(args, procs, work, backend, taken, transit=False):
+    """Two routers east <- west, or with `transit` three in a line
+    east <- hub <- west (east and west not linked: every byte is relayed by
+    hub). Clients connect to east; the service is behind west."""
+    names = ["east", "hub", "west"] if transit else ["east", "west"]
+    sub = os.path.join(work, "line" if transit else "pair")
+    os.makedirs(sub, exist_ok=True)
+    out = subprocess.run([args.tether, "certs", "--out", sub, *names],
                          capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         raise RuntimeError(f"`tether certs` failed ({out.returncode}): {out.stderr}")
-    link, client = free_port(taken), free_port(taken)
-    east = f"""[router]
-id = "east"
-
-[[listener]]
-role = "inter-router"
-host = "127.0.0.1"
-port = {link}
-tls = "site"
-
-[[tcp_listener]]
-address = "perf"
-host = "127.0.0.1"
-port = {client}
-
-[tls.site]
-ca = "ca.pem"
-cert = "east.pem"
-key = "east-key.pem"
-"""
-    west = f"""[router]
-id = "west"
-
-[[connector]]
-role = "inter-router"
-host = "127.0.0.1"
-port = {link}
-cost = 1
-tls = "site"
-
-[[tcp_connector]]
-address = "perf"
-host = "127.0.0.1"
-port = {backend}
-
-[tls.site]
-ca = "ca.pem"
-cert = "west.pem"
-key = "west-key.pem"
-"""
+    client = free_port(taken)
+    links = {n: free_port(taken) for n in names[:-1]}  # inter-router listener per router but the last
+    texts = {}
+    for i, n in enumerate(names):
+        t = f'[router]\nid = "{n}"\n'
+        if n in links:
+            t += (f'\n[[listener]]\nrole = "inter-router"\nhost = "127.0.0.1"\n'
+                  f'port = {links[n]}\ntls = "site"\n')
+        if i > 0:
+            t += (f'\n[[connector]]\nrole = "inter-router"\nhost = "127.0.0.1"\n'
+                  f'port = {links[names[i - 1]]}\ncost = 1\ntls = "site"\n')
+        if n == "east":
+            t += (f'\n[[tcp_listener]]\naddress = "perf"\nhost = "127.0.0.1"\n'
+                  f'port = {client}\n')
+        if n == "west":
+            t += (f'\n[[tcp_connector]]\naddress = "perf"\nhost = "127.0.0.1"\n'
+                  f'port = {backend}\n')
+        texts[n] = t + TLS_PROFILE.format(name=n)
     paths = {}
-    for name, text in (("east", east), ("west", west)):
-        cfg = os.path.join(work, f"{name}.toml")
+    for name, text in texts.items():
+        cfg = os.path.join(sub, f"{name}.toml")
         with open(cfg, "w") as f:
             f.write(text)
         chk = subprocess.run([args.tether, "router", "--check", cfg],
@@ -302,13 +294,18 @@ key = "west-key.pem"
             raise RuntimeError(f"--check {cfg} failed: {chk.stdout}{chk.stderr}")
         paths[name] = cfg
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
-    pe = procs.start("tether-east", [args.tether, "router", "--config", paths["east"]],
-                     os.path.join(work, "east.log"), env=env, cwd=work)
-    pw = procs.start("tether-west", [args.tether, "router", "--config", paths["west"]],
-                     os.path.join(work, "west.log"), env=env, cwd=work)
-    line = wait_log(os.path.join(work, "east.log"), r"link up.*peer=\"?west", LINK_UP_TIMEOUT, pe)
-    log(f"east: {line}")
-    return client, [pe.pid, pw.pid]
+    pids = []
+    first = None
+    for n in names:
+        p = procs.start(f"tether-{n}{'-3' if transit else ''}",
+                        [args.tether, "router", "--config", paths[n]],
+                        os.path.join(sub, f"{n}.log"), env=env, cwd=sub)
+        pids.append(p.pid)
+        first = first or p
+    line = wait_log(os.path.join(sub, "east.log"), r"address reachable.*perf",
+                    LINK_UP_TIMEOUT, first)
+    log(f"east ({len(names)} routers): {line}")
+    return client, pids
 
 
 def start_socat(procs, work, backend, taken):
@@ -431,7 +428,7 @@ def main():
     ap.add_argument("--perfanchor", default=os.environ.get("PERFANCHOR", DEFAULT_PERFANCHOR),
                     help="perfanchor.py (default <repo>/../shared/tools/perfanchor.py)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="JSON result file")
-    ap.add_argument("--paths", default="direct,tether,socat,haproxy",
+    ap.add_argument("--paths", default="direct,tether,tether3,socat,haproxy",
                     help="comma list of paths to measure (socat/haproxy skipped if not installed)")
     ap.add_argument("--bulk-seconds", type=float, default=5)
     ap.add_argument("--conn-seconds", type=float, default=3)
@@ -478,6 +475,8 @@ def main():
             targets["direct"] = (backend, [])
         if "tether" in wanted:
             targets["tether"] = start_tether(args, procs, work, backend, taken)
+        if "tether3" in wanted:
+            targets["tether3"] = start_tether(args, procs, work, backend, taken, transit=True)
         if "socat" in wanted:
             targets["socat"] = start_socat(procs, work, backend, taken)
         if "haproxy" in wanted:
@@ -532,7 +531,7 @@ def main():
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    order = ["direct", "tether", "socat", "haproxy"]
+    order = ["direct", "tether", "tether3", "socat", "haproxy"]
     summary = print_table(results, order)
     for name in order:
         per = results.get(name, {}).get("rss_per_process_kib")
