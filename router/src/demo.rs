@@ -1,9 +1,10 @@
 //! `tether demo`: a three-site network on loopback with traffic flowing.
 //!
 //! Generates a CA and router certificates in a temporary folder, starts
-//! three `tether router` processes linked in a triangle (east, west, north),
+//! three `tether router` processes linked in a triangle (east, west, north;
+//! the direct east-west link dearer than the path through north),
 //! runs a small echo service behind a `tcp_connector` in west and reaches it
-//! through a `tcp_listener` in east, then drives request/response and bulk
+//! through a `tcp_listener` in east (relayed by north), then drives request/response and bulk
 //! traffic through it and prints, once a second, what flows where with
 //! throughput and latency. Stops on Ctrl-C or after `--duration`; every
 //! process it started is stopped by PID and the folder removed.
@@ -59,8 +60,9 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
     let port = |i: u16| base_port + i;
     let (service_port, east_listener_port, north_listener_port) = (port(3), port(4), port(5));
     // Inter-router listeners: east port(0), west port(1), north port(2).
-    // Triangle: east->west, east->north, west->north.
-    let links: [(usize, u16, u32); 3] = [(0, port(1), 1), (0, port(2), 2), (1, port(2), 1)];
+    // Triangle: east->west (cost 5), east->north (1), west->north (1): the
+    // least-cost path from east to west goes through north.
+    let links: [(usize, u16, u32); 3] = [(0, port(1), 5), (0, port(2), 1), (1, port(2), 1)];
     for (i, site) in SITES.iter().enumerate() {
         let mut cfg = format!(
             "[router]\nid = \"{site}\"\nhello_interval_ms = 500\ndead_interval_ms = 1500\n\n\
@@ -117,7 +119,8 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
         children.0.push((site.to_string(), child));
     }
     println!(
-        "sites: east, west, north linked in a triangle over mutual TLS (certificates in {})",
+        "sites: east, west, north linked in a triangle over mutual TLS (certificates in {});\n\
+         link costs east-west 5, east-north 1, north-west 1: east reaches west through north",
         dir.0.display()
     );
     println!(
@@ -183,7 +186,7 @@ pub fn run(duration: Option<u64>, base_port: u16) -> Result<(), String> {
                 .unwrap_or(0)
         };
         println!(
-            "{:>5}s  {:>5}  east:{east_listener_port}, north:{north_listener_port} -> echo -> west:{service_port}  {:>8.1} Mbit/s  {:>12.0}  {:>6} us  {:>6} us  {}",
+            "{:>5}s  {:>5}  east:{east_listener_port} (via north), north:{north_listener_port} -> west:{service_port}  {:>8.1} Mbit/s  {:>12.0}  {:>6} us  {:>6} us  {}",
             started.elapsed().as_secs(),
             stats.flows.load(Ordering::Relaxed),
             (bytes - last_bytes) as f64 * 8.0 / elapsed / 1e6,
