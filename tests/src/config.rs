@@ -13,6 +13,12 @@
 //!     .tcp_listener("backend", 9000)
 //!     .tls("site", env.tls_for("east"));
 //! ```
+//!
+//! Keys the router accepts only once link-state routing runs in it
+//! (`[router] advertisement_interval_ms`, `[[address]]` tables) are rendered
+//! only when set, so configs without them stay valid for older binaries.
+//! [`crate::RouterProc::reload`] rewrites a running router's file and sends
+//! SIGHUP.
 
 use std::fmt::Write as _;
 
@@ -67,6 +73,39 @@ pub struct TcpEndpoint {
     pub port: u16,
 }
 
+/// The `distribution` of an `[[address]]` table: how the ingress router
+/// picks among the sites that offer an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    /// Every new flow goes to the cheapest reachable site.
+    Closest,
+    /// New flows are spread over all sites, weighted by path cost and the
+    /// flows already open (the router's default for TCP).
+    Balanced,
+    /// Every site gets a copy (not meaningful for TCP flows).
+    Multicast,
+}
+
+impl Distribution {
+    /// The TOML value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distribution::Closest => "closest",
+            Distribution::Balanced => "balanced",
+            Distribution::Multicast => "multicast",
+        }
+    }
+}
+
+/// An `[[address]]` table.
+#[derive(Clone, Debug)]
+pub struct AddressEntry {
+    /// `prefix`: the service addresses this entry applies to.
+    pub prefix: String,
+    /// `distribution`.
+    pub distribution: Distribution,
+}
+
 /// One router's configuration (see the module docs).
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
@@ -76,6 +115,8 @@ pub struct RouterConfig {
     pub hello_interval_ms: Option<u64>,
     /// `[router] dead_interval_ms`.
     pub dead_interval_ms: Option<u64>,
+    /// `[router] advertisement_interval_ms` (rendered only when set).
+    pub advertisement_interval_ms: Option<u64>,
     /// `[router] flow_window` in bytes.
     pub flow_window: Option<u64>,
     /// Inter-router listeners.
@@ -86,6 +127,8 @@ pub struct RouterConfig {
     pub tcp_listeners: Vec<TcpEndpoint>,
     /// Service-facing TCP connectors.
     pub tcp_connectors: Vec<TcpEndpoint>,
+    /// `[[address]]` tables, in order.
+    pub addresses: Vec<AddressEntry>,
     /// `[tls.NAME]` profiles, in order.
     pub tls: Vec<(String, TlsProfile)>,
 }
@@ -97,11 +140,13 @@ impl RouterConfig {
             id: id.to_string(),
             hello_interval_ms: None,
             dead_interval_ms: None,
+            advertisement_interval_ms: None,
             flow_window: None,
             listeners: Vec::new(),
             connectors: Vec::new(),
             tcp_listeners: Vec::new(),
             tcp_connectors: Vec::new(),
+            addresses: Vec::new(),
             tls: Vec::new(),
         }
     }
@@ -123,6 +168,26 @@ impl RouterConfig {
             tls: Some(tls.to_string()),
         });
         self
+    }
+
+    /// Adds an inter-router connector to `port` with link cost `cost`.
+    pub fn connector_with_cost(mut self, port: u16, tls: &str, cost: u32) -> Self {
+        self.connectors.push(InterRouterConnector {
+            port,
+            cost,
+            tls: Some(tls.to_string()),
+        });
+        self
+    }
+
+    /// Sets the cost of every connector to `port`; false if there is none.
+    pub fn set_connector_cost(&mut self, port: u16, cost: u32) -> bool {
+        let mut found = false;
+        for c in self.connectors.iter_mut().filter(|c| c.port == port) {
+            c.cost = cost;
+            found = true;
+        }
+        found
     }
 
     /// Adds a `tcp_listener` for `address` on `port`.
@@ -156,6 +221,21 @@ impl RouterConfig {
         self
     }
 
+    /// Sets `[router] advertisement_interval_ms`.
+    pub fn advertisement_interval(mut self, ms: u64) -> Self {
+        self.advertisement_interval_ms = Some(ms);
+        self
+    }
+
+    /// Adds an `[[address]]` table: `prefix` with `distribution`.
+    pub fn address(mut self, prefix: &str, distribution: Distribution) -> Self {
+        self.addresses.push(AddressEntry {
+            prefix: prefix.to_string(),
+            distribution,
+        });
+        self
+    }
+
     /// Sets the per-flow window (bytes).
     pub fn flow_window(mut self, bytes: u64) -> Self {
         self.flow_window = Some(bytes);
@@ -171,6 +251,9 @@ impl RouterConfig {
         }
         if let Some(v) = self.dead_interval_ms {
             let _ = writeln!(s, "dead_interval_ms = {v}");
+        }
+        if let Some(v) = self.advertisement_interval_ms {
+            let _ = writeln!(s, "advertisement_interval_ms = {v}");
         }
         if let Some(v) = self.flow_window {
             let _ = writeln!(s, "flow_window = {v}");
@@ -209,6 +292,14 @@ impl RouterConfig {
                 "\n[[tcp_connector]]\naddress = {}\nhost = \"127.0.0.1\"\nport = {}",
                 toml_str(&c.address),
                 c.port
+            );
+        }
+        for a in &self.addresses {
+            let _ = writeln!(
+                s,
+                "\n[[address]]\nprefix = {}\ndistribution = {}",
+                toml_str(&a.prefix),
+                toml_str(a.distribution.as_str())
             );
         }
         for (name, p) in &self.tls {
@@ -287,5 +378,30 @@ mod tests {
             "[tls.site]\nca = \"ca.pem\"\ncert = \"east.pem\"\nkey = \"east-key.pem\"\n"
         ));
         assert_eq!(toml_str("a\"b\\"), "\"a\\\"b\\\\\"");
+        assert!(!t.contains("advertisement_interval_ms"));
+        assert!(!t.contains("[[address]]"));
+    }
+
+    #[test]
+    fn renders_routing_keys_when_set() {
+        let mut cfg = RouterConfig::new("hub")
+            .timers(100, 300)
+            .advertisement_interval(4000)
+            .connector_with_cost(2, "site", 5)
+            .address("backend", Distribution::Closest)
+            .address("db", Distribution::Balanced)
+            .tls("site", TlsProfile::new("ca.pem", "hub.pem", "hub-key.pem"));
+        assert!(cfg.set_connector_cost(2, 10));
+        assert!(!cfg.set_connector_cost(3, 10));
+        let t = cfg.to_toml();
+        assert!(t.starts_with(
+            "[router]\nid = \"hub\"\nhello_interval_ms = 100\ndead_interval_ms = 300\n\
+             advertisement_interval_ms = 4000\n"
+        ));
+        assert!(t.contains("port = 2\ncost = 10\n"));
+        assert!(t.contains("[[address]]\nprefix = \"backend\"\ndistribution = \"closest\"\n"));
+        assert!(t.contains("[[address]]\nprefix = \"db\"\ndistribution = \"balanced\"\n"));
+        // Tables after [tls.*] would be fine TOML, but keep [[address]] first.
+        assert!(t.find("[[address]]") < t.find("[tls.site]"));
     }
 }

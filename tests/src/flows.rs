@@ -5,17 +5,25 @@
 //!   reads the echo to EOF; SHA-256 of both directions are compared.
 //! - [`download_for`]: against the source/sink service: asks for an
 //!   endless stream and counts what arrives in a fixed time window.
+//! - [`probe_echo`]: after a failure, opens a new short echo flow every few
+//!   milliseconds (concurrently, each with a short timeout) and reports
+//!   when the first one completed: the recovery time a client sees.
+//! - [`watch_close`]: a thread that reads an open flow until it ends, to
+//!   time how long a broken flow takes to end while the test does more.
 //!
-//! Both are bounded by an absolute deadline.
+//! All are bounded by an absolute deadline.
 
 use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use crate::net::{connect, read_some_by};
+use crate::net::{addr, connect, expect_closed, read_exact_by, read_some_by, Closed};
 
 /// What one echo transfer did.
 #[derive(Debug, Clone)]
@@ -200,4 +208,131 @@ pub fn download_for(port: u16, warmup: Duration, window: Duration) -> Result<f64
         }
     }
     Err("download loop bound reached".into())
+}
+
+/// What [`probe_echo`] saw.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    /// From `since` to the completion of the first successful probe.
+    pub first_ok: Duration,
+    /// Probes started.
+    pub started: usize,
+    /// Probes that had failed or timed out when the first one succeeded
+    /// (probes still running then are not counted).
+    pub failed: usize,
+}
+
+/// Starts a new echo probe against 127.0.0.1:`port` every `interval`
+/// until one succeeds or `limit` has passed since the call: each probe
+/// connects, sends 16 bytes, reads them back, all within `probe_timeout`,
+/// on its own thread (so a probe that hangs does not delay the next).
+/// Returns the time from `since` (e.g. the moment a link was cut) to the
+/// completion of the first successful probe; `Err` (with the last error
+/// seen) if none succeeded. Waits for every probe thread before
+/// returning, so it takes at most `limit + probe_timeout`.
+pub fn probe_echo(
+    port: u16,
+    since: Instant,
+    interval: Duration,
+    probe_timeout: Duration,
+    limit: Duration,
+) -> Result<ProbeReport, String> {
+    let start = Instant::now();
+    let first: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let last_err: Arc<Mutex<String>> = Arc::new(Mutex::new("no probe finished".into()));
+    let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    let mut started = 0usize;
+    let max_probes = (limit.as_micros() / interval.as_micros().max(1)) as usize + 2;
+    for i in 0..max_probes {
+        if first.lock().unwrap_or_else(|e| e.into_inner()).is_some() || start.elapsed() >= limit {
+            break;
+        }
+        let (first2, failed2, last2) = (first.clone(), failed.clone(), last_err.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("probe-{i}"))
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let payload = format!("probe {i:>10}\n");
+                match probe_once(port, payload.as_bytes(), probe_timeout) {
+                    Ok(()) => {
+                        let now = Instant::now();
+                        let mut f = first2.lock().unwrap_or_else(|e| e.into_inner());
+                        if f.is_none_or(|t| now < t) {
+                            *f = Some(now);
+                        }
+                    }
+                    Err(e) => {
+                        failed2.fetch_add(1, Ordering::Relaxed);
+                        *last2.lock().unwrap_or_else(|e| e.into_inner()) = e;
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => {
+                handles.push(h);
+                started += 1;
+            }
+            Err(e) => *last_err.lock().unwrap_or_else(|e| e.into_inner()) = format!("spawn: {e}"),
+        }
+        handles.retain(|h| !h.is_finished());
+        std::thread::sleep(interval);
+    }
+    let failed_at_first = failed.load(Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    let first = *first.lock().unwrap_or_else(|e| e.into_inner());
+    match first {
+        Some(t) => Ok(ProbeReport {
+            first_ok: t.saturating_duration_since(since),
+            started,
+            failed: failed_at_first,
+        }),
+        None => Err(format!(
+            "no echo probe succeeded within {limit:?} ({started} started; last error: {})",
+            last_err.lock().unwrap_or_else(|e| e.into_inner())
+        )),
+    }
+}
+
+/// One probe: connect, write `payload`, read it back, all within `timeout`.
+fn probe_once(port: u16, payload: &[u8], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut s =
+        TcpStream::connect_timeout(&addr(port), timeout).map_err(|e| format!("connect: {e}"))?;
+    let _ = s.set_nodelay(true);
+    write_all_by(&mut s, payload, deadline).map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; payload.len()];
+    read_exact_by(&mut s, &mut back, deadline).map_err(|e| format!("read: {e}"))?;
+    if back != payload {
+        return Err("echo payload mismatch".into());
+    }
+    Ok(())
+}
+
+/// How and when a watched flow ended ([`watch_close`]).
+#[derive(Debug)]
+pub struct CloseReport {
+    /// How it ended, or `Err` if it was still open at the deadline.
+    pub outcome: Result<Closed, String>,
+    /// From `since` to the end (or to the deadline).
+    pub after: Duration,
+}
+
+/// Reads `s` on a new thread until it ends (EOF or error) or until
+/// `since + limit`; join the handle for the report.
+pub fn watch_close(mut s: TcpStream, since: Instant, limit: Duration) -> JoinHandle<CloseReport> {
+    std::thread::Builder::new()
+        .name("watch-close".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let left = (since + limit).saturating_duration_since(Instant::now());
+            let outcome = expect_closed(&mut s, left.max(Duration::from_millis(1)));
+            CloseReport {
+                outcome,
+                after: since.elapsed(),
+            }
+        })
+        .expect("spawn watch-close thread")
 }

@@ -15,7 +15,12 @@
 //!   its stderr in a file, greps it, signals it, kills it on drop.
 //! - [`net`]: free ports, connect helpers with timeouts, readiness polling.
 //! - [`pair`]: the usual east/west topology, started and waited for.
-//! - [`flows`]: client traffic generators (byte-exact echo, download rate).
+//! - [`network`]: N routers with named links (optionally through a
+//!   [`Relay`]), started and waited for; live cost changes by SIGHUP.
+//! - [`relay`]: an in-process TCP relay that can cut ([`Relay::kill`]) or
+//!   silence ([`Relay::freeze`]) one inter-router link.
+//! - [`flows`]: client traffic generators (byte-exact echo, download rate,
+//!   recovery probes).
 //! - [`services`]: threaded echo, source/sink and custom TCP services that
 //!   stand for the "real service" behind a `tcp_connector`.
 //! - [`procfs`]: RSS of a process and the file-descriptor limit.
@@ -35,8 +40,10 @@ pub mod certs;
 pub mod config;
 pub mod flows;
 pub mod net;
+pub mod network;
 pub mod pair;
 pub mod procfs;
+pub mod relay;
 pub mod router;
 pub mod services;
 pub mod tlspeer;
@@ -45,9 +52,11 @@ use std::path::Path;
 
 pub use binary::Tether;
 pub use certs::{Certs, LeafFiles};
-pub use config::{RouterConfig, TlsProfile};
+pub use config::{Distribution, RouterConfig, TlsProfile};
 pub use net::{free_port, wait_until_connectable};
+pub use network::{Network, NetworkSpec};
 pub use pair::{Pair, PairSpec};
+pub use relay::Relay;
 pub use router::RouterProc;
 pub use services::Service;
 

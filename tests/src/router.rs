@@ -5,13 +5,16 @@
 //! file in the same folder, and returns a handle. The handle greps the log
 //! (case-insensitive, ANSI escapes removed) with bounded waits that fail
 //! fast, with the log tail, if the router exits; sends signals (SIGTERM,
-//! SIGSTOP, SIGCONT); reads its RSS; and on drop kills the process by PID
+//! SIGSTOP, SIGCONT); rewrites its config file and sends SIGHUP
+//! ([`RouterProc::reload`]); reads its RSS; and on drop kills the process by PID
 //! (SIGKILL) and reaps it. When a test panics, every router handle dropped
 //! during the unwind prints the tail of its log to stderr.
 //!
 //! Log matching follows the contract's log lines: `link up` with
-//! `peer=<id>` ([`is_link_up`]), `link down`, `refused` plus a reason,
-//! `duplicate router id`.
+//! `peer=<id>` ([`is_link_up`]), `link down` ([`is_link_down`]), `refused`
+//! plus a reason, `duplicate router id`, and from the link-state router
+//! `route to <router> via <neighbour> cost <n>` ([`parse_route`]) and
+//! `router <id> unreachable` ([`is_unreachable`]).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -244,12 +247,65 @@ impl RouterProc {
         self.wait_for_line(since, timeout, "`link down`", |l| l.contains("link down"))
     }
 
+    /// Waits for a `route to <to> via <neighbour> cost <n>` line at line
+    /// `since` or later, through `via` if given, and returns it parsed.
+    pub fn wait_route(
+        &self,
+        to: &str,
+        via: Option<&str>,
+        since: usize,
+        timeout: Duration,
+    ) -> Result<RouteLine, String> {
+        let what = match via {
+            Some(v) => format!("`route to {to} via {v}`"),
+            None => format!("`route to {to}`"),
+        };
+        let line = self.wait_for_line(since, timeout, &what, |l| {
+            parse_route(l).is_some_and(|r| r.is(to, via))
+        })?;
+        parse_route(&line).ok_or_else(|| format!("unparsable route line {line:?}"))
+    }
+
+    /// The route to `to` according to the latest `route to <to> ...` or
+    /// `router <to> unreachable` line: `None` if there is none, or if the
+    /// latest says unreachable.
+    pub fn current_route(&self, to: &str) -> Option<RouteLine> {
+        let mut current = None;
+        for l in self.lines() {
+            let l = l.to_lowercase();
+            if let Some(r) = parse_route(&l).filter(|r| r.is(to, None)) {
+                current = Some(r);
+            } else if is_unreachable(&l, to) {
+                current = None;
+            }
+        }
+        current
+    }
+
     /// Sends a signal (e.g. `libc::SIGSTOP`) to the process by PID.
     pub fn signal(&self, sig: i32) -> std::io::Result<()> {
         if !self.is_running() {
             return Err(std::io::Error::other("process already exited"));
         }
         procfs::signal(self.pid, sig)
+    }
+
+    /// Replaces the config file the router was started with by `cfg`
+    /// (written to a temporary file in the same folder, then renamed over
+    /// it, so the router never reads half a file) without signalling it.
+    pub fn rewrite_config(&self, cfg: &RouterConfig) -> std::io::Result<()> {
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, cfg.to_toml())?;
+        std::fs::rename(&tmp, &self.config_path)
+    }
+
+    /// Rewrites the config file ([`RouterProc::rewrite_config`]) and sends
+    /// SIGHUP: the router re-reads it and applies what it can change live
+    /// (inter-router connector costs). A binary that does not handle SIGHUP
+    /// dies of it (the default action), which the caller sees as an exit.
+    pub fn reload(&self, cfg: &RouterConfig) -> std::io::Result<()> {
+        self.rewrite_config(cfg)?;
+        self.signal(libc::SIGHUP)
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; past it, kills
@@ -411,9 +467,115 @@ pub fn names_peer(line: &str, peer: &str) -> bool {
     false
 }
 
+/// True if the (lowercased) line says `link down` and names `peer`.
+pub fn is_link_down(line: &str, peer: &str) -> bool {
+    let l = line.to_lowercase();
+    l.contains("link down") && names_peer(&l, &peer.to_lowercase())
+}
+
+/// A parsed `route to <router> via <neighbour> cost <n>` log line (ids
+/// lowercased).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteLine {
+    /// The destination router.
+    pub to: String,
+    /// The neighbour the route goes through.
+    pub via: String,
+    /// The path cost.
+    pub cost: u64,
+}
+
+impl RouteLine {
+    /// True if this is a route to `to` (through `via`, if given).
+    pub fn is(&self, to: &str, via: Option<&str>) -> bool {
+        self.to == to.to_lowercase() && via.is_none_or(|v| self.via == v.to_lowercase())
+    }
+}
+
+/// Parses the first `route to <router> via <neighbour> cost <n>` in `line`
+/// (case-insensitive; quotes and trailing punctuation around the values are
+/// ignored, so `route to "west" via "hub" cost 2,` parses too).
+pub fn parse_route(line: &str) -> Option<RouteLine> {
+    let l = line.to_lowercase();
+    let mut from = 0;
+    // Bounded by the number of occurrences.
+    while let Some(i) = l[from..].find("route to ") {
+        let rest = &l[from + i + "route to ".len()..];
+        let words: Vec<&str> = rest.split_whitespace().take(5).collect();
+        if let [to, "via", via, "cost", cost] = words[..] {
+            let digits: String = cost
+                .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(cost) = digits.parse() {
+                return Some(RouteLine {
+                    to: trim_id(to),
+                    via: trim_id(via),
+                    cost,
+                });
+            }
+        }
+        from += i + 1;
+    }
+    None
+}
+
+/// True if the line says `router <id> unreachable` for `router`.
+pub fn is_unreachable(line: &str, router: &str) -> bool {
+    let l = line.to_lowercase();
+    let want = router.to_lowercase();
+    let words: Vec<&str> = l.split_whitespace().collect();
+    words
+        .windows(3)
+        .any(|w| w[0] == "router" && trim_id(w[1]) == want && w[2].starts_with("unreachable"))
+}
+
+fn trim_id(w: &str) -> String {
+    w.trim_matches(|c: char| matches!(c, '"' | '\'' | ',' | ';' | ':' | '(' | ')' | '`'))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_lines() {
+        let r = parse_route("2024 INFO tether_router::core: route to west via hub cost 2")
+            .expect("parsed");
+        assert_eq!(
+            r,
+            RouteLine {
+                to: "west".into(),
+                via: "hub".into(),
+                cost: 2
+            }
+        );
+        assert!(r.is("West", Some("hub")) && r.is("west", None) && !r.is("west", Some("w")));
+        let r = parse_route("INFO Route to \"west-2\" via \"hub\" cost 12, was 3").unwrap();
+        assert_eq!(
+            (r.to.as_str(), r.via.as_str(), r.cost),
+            ("west-2", "hub", 12)
+        );
+        assert_eq!(parse_route("no route to west"), None);
+        assert_eq!(parse_route("route to west via hub"), None);
+        assert!(is_unreachable("WARN router west unreachable", "west"));
+        assert!(is_unreachable(
+            "warn tether: router \"west\" unreachable",
+            "west"
+        ));
+        assert!(!is_unreachable("warn router west2 unreachable", "west"));
+        assert!(!is_unreachable(
+            "info tether_router::core: router west ready",
+            "west"
+        ));
+        assert!(is_link_down(
+            "WARN link down: peer=west: dead interval",
+            "west"
+        ));
+        assert!(!is_link_down("WARN link down: peer=west2: eof", "west"));
+    }
 
     #[test]
     fn link_up_lines() {

@@ -14,6 +14,8 @@
 //!   (big-endian) count: send that many bytes (`u64::MAX`: until the client
 //!   goes away), then half-close; `K`: read and discard to EOF, then send the
 //!   byte count as a u64 and half-close; `E`: echo as above.
+//! - [`Service::tagged_echo`]: sends `<tag>\n` first, then echoes as above,
+//!   so a client can tell which of several sites answered ([`read_tag`]).
 //!
 //! [`Stats`] counts connections and bytes, for readiness ("the router opened
 //! 1000 service connections") and for "the stalled flow stopped growing".
@@ -215,6 +217,16 @@ impl Service {
         Service::spawn("echo", |mut s, ctx| ctx.echo(&mut s))
     }
 
+    /// The echo service announcing `tag` first (see the module docs).
+    pub fn tagged_echo(tag: &str) -> Service {
+        let line = format!("{tag}\n").into_bytes();
+        Service::spawn(&format!("echo-{tag}"), move |mut s, ctx| {
+            if ctx.write_all(&mut s, &line).is_ok() {
+                ctx.echo(&mut s);
+            }
+        })
+    }
+
     /// The source/sink service (see the module docs).
     pub fn source_sink() -> Service {
         let pattern: Arc<Vec<u8>> = Arc::new({
@@ -312,6 +324,22 @@ impl Drop for Service {
             }
         }
     }
+}
+
+/// Reads the `<tag>\n` line a [`Service::tagged_echo`] sends first,
+/// bounded by `deadline`; returns the tag.
+pub fn read_tag(s: &mut TcpStream, deadline: Instant) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    // Byte by byte: nothing after the newline may be consumed.
+    for _ in 0..256 {
+        crate::net::read_exact_by(s, &mut b, deadline)?;
+        if b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
+    Err(io::Error::new(ErrorKind::InvalidData, "tag line too long"))
 }
 
 /// Binds 127.0.0.1:`port` with SO_REUSEADDR and a listen backlog of 4096
