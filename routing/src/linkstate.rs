@@ -89,7 +89,10 @@
 //!   router has consumers for. Incremental (`added`, `removed`) applies only
 //!   on top of `seq - 1`; a router further behind sends a **MAR** (kind 7)
 //!   `{router_id, wanted}` to the neighbour it came from, which answers with
-//!   a full MAU. Full updates replace anything older. Flooded like LSUs.
+//!   a full MAU. Full updates replace anything older. Flooded like LSUs. An
+//!   LSU of a newer instance drops the addresses held for an older one (a
+//!   restarted router offering nothing sends no MAU), and MAUs of an
+//!   instance older than the link state held are ignored.
 //!
 //! # Routes
 //!
@@ -117,9 +120,9 @@
 //! arrived at it. A change of this router's own links that leaves the graph
 //! as it was (one of several parallel links to a neighbour opened, closed
 //! or re-costed) re-picks the next-hop links from the last SPF result
-//! without running it again. Unreachable routers' state is dropped at RA ticks once the
-//! keep time has passed (kept meanwhile so that messages arriving in an
-//! unlucky order do not lose it).
+//! without running it again. Unreachable routers' state is dropped at RA
+//! ticks once the keep time has passed (kept meanwhile so that messages
+//! arriving in an unlucky order do not lose it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hasher;
@@ -795,6 +798,16 @@ impl RoutingEngine {
             seq: lsu.seq,
             node,
         });
+        // The addresses of an earlier instance went with it. A restarted
+        // router that offers nothing sends no MAU to replace them, so they
+        // would otherwise stay offered for good.
+        let stale = record
+            .mobile
+            .as_ref()
+            .is_some_and(|m| m.instance < lsu.instance);
+        if stale {
+            self.forget_mobile(now, &lsu.origin);
+        }
         self.flood(RouterMessage::LinkStateUpdate(lsu), Some(link));
     }
 
@@ -928,10 +941,16 @@ impl RoutingEngine {
             }
             return;
         }
-        let held = self
+        let (held, ls_instance) = self
             .records
             .get(&mau.origin)
-            .map_or((0, 0), Record::mobile_version);
+            .map_or(((0, 0), 0), |r| (r.mobile_version(), r.ls_version().0));
+        if mau.instance < ls_instance {
+            // From before the router restarted (a neighbour that was cut
+            // off may still hold it): those addresses went with it.
+            self.stats.messages_ignored += 1;
+            return;
+        }
         if version <= held {
             if version < held {
                 self.send_full_mau(link, &mau.origin);
@@ -1529,6 +1548,18 @@ impl RoutingEngine {
         if !self.dirty_addresses.is_empty() {
             self.schedule(now);
         }
+    }
+
+    /// Drops what `router` offered (its mobile state, version and all).
+    fn forget_mobile(&mut self, now: Instant, router: &str) {
+        let Some(m) = self.records.get_mut(router).and_then(|r| r.mobile.take()) else {
+            return;
+        };
+        self.digest = None;
+        for a in m.addresses {
+            self.unoffer(&a, router);
+        }
+        self.schedule(now);
     }
 
     fn unoffer(&mut self, address: &str, router: &str) {

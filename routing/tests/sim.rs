@@ -323,6 +323,28 @@ fn generated_networks_have_the_asked_shape() {
     assert_eq!(Network::random(100, 4, 3), random);
 }
 
+/// The largest network of the normal test run (the thousand below is
+/// ignored: too slow unoptimised): 200 routers, random mean degree 3, every
+/// route and address list checked, then 10 links failed (and two routers
+/// moving address) and everything checked again.
+#[test]
+fn two_hundred_routers_converge_and_survive_failed_links() {
+    let wall = Instant::now();
+    let config = SimConfig::from_args(Some(200), "random", Some(3), 11, Some("10"), None).unwrap();
+    assert_eq!(config.network.links.len(), 300);
+    assert_eq!(config.fail_links.len(), 10);
+    let r = run(config);
+    assert_passed(&r);
+    assert_eq!(r.phases.len(), 2);
+    for p in &r.phases {
+        assert_eq!(p.verification.routes_checked, 200 * 199, "{}", p.name);
+        assert!(p.spf_runs > 0, "{}", p.name);
+    }
+    assert!(r.phases[1].name.contains("2 router(s) moved"), "{r}");
+    // Not a benchmark, a tripwire: ~0.6 s in release, ~2 s unoptimised.
+    assert!(wall.elapsed() < Duration::from_secs(60), "{r}");
+}
+
 /// `cargo test -p tether-routing --release -- --ignored thousand --nocapture`
 /// (scripts/test.sh runs it in release after the rest of the suite).
 #[test]
