@@ -40,7 +40,7 @@ use tether_protocol::{
     data_section_body, encode_performative, encode_transfer, DecodeError, FrameBody, FrameDecoder,
     Performative, TransferHeader, AMQP_PROTOCOL_HEADER,
 };
-use tether_routing::{NeighbourId, RouterMessage};
+use tether_routing::{LinkId as NeighbourId, RouterMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 

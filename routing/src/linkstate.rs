@@ -132,13 +132,12 @@ use crate::message::{
     AddressChange, Hello, LinkStateRequest, LinkStateUpdate, LsLink, MobileAddressRequest,
     MobileAddressUpdate, RouterAdvertisement, RouterMessage, SummaryEntry,
 };
-use crate::table::NeighbourId;
 use crate::topology::{DetHashMap, Spf, Topology, NO_HOP};
 use petgraph::stable_graph::NodeIndex;
 
 /// Identifies one inter-router link; chosen by the caller, unique among the
-/// links open at a time (the same ids as [`crate::table::AddressTable`]).
-pub type LinkId = NeighbourId;
+/// links open at a time.
+pub type LinkId = u64;
 
 /// Protocol timers. See the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,8 +460,7 @@ impl RoutingEngine {
         }
     }
 
-    /// A routing message arrived on `link`. Kind-1 address updates belong
-    /// to [`crate::table::AddressTable`] and are ignored here.
+    /// A routing message arrived on `link`.
     pub fn handle_message(&mut self, now: Instant, link: LinkId, message: RouterMessage) {
         self.start_timers(now);
         if let RouterMessage::Hello(hello) = message {

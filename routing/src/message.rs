@@ -5,15 +5,15 @@
 //! big-endian lengths. Decoding is total: any input gives a message or a
 //! [`DecodeError`], never a panic.
 //!
-//! Kind 1 ([`RouterMessage::AddressUpdate`]) is the direct-neighbour address
-//! snapshot used by [`crate::table::AddressTable`]. Kinds 2-7 are the
-//! link-state protocol of [`crate::linkstate`] (HELLO, RA, LSU, LSR, MAU,
-//! MAR); their field layout is documented there and on each struct below.
+//! Kinds 2-7 are the link-state protocol of [`crate::linkstate`] (HELLO, RA,
+//! LSU, LSR, MAU, MAR); their field layout is documented there and on each
+//! struct below. Kind 1 (a direct-neighbour address snapshot, replaced by
+//! MAU) is retired: it decodes as [`DecodeError::UnknownKind`] like any
+//! other unknown kind.
 
 use std::fmt;
 
-/// Message kinds on the wire.
-const KIND_ADDRESS_UPDATE: u8 = 1;
+/// Message kinds on the wire (1 is retired, see the module documentation).
 const KIND_HELLO: u8 = 2;
 const KIND_RA: u8 = 3;
 const KIND_LSU: u8 = 4;
@@ -39,13 +39,6 @@ pub const MAX_ROUTERS: usize = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RouterMessage {
-    /// The complete set of addresses `router_id` offers locally, replacing
-    /// any earlier update with a lower `seq`.
-    AddressUpdate {
-        router_id: String,
-        seq: u64,
-        addresses: Vec<String>,
-    },
     /// Link-state neighbour discovery (kind 2).
     Hello(Hello),
     /// Router advertisement (kind 3).
@@ -209,19 +202,6 @@ impl RouterMessage {
     /// Appends the encoded message to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            RouterMessage::AddressUpdate {
-                router_id,
-                seq,
-                addresses,
-            } => {
-                out.push(KIND_ADDRESS_UPDATE);
-                put_str(out, router_id);
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.extend_from_slice(&(addresses.len() as u32).to_be_bytes());
-                for a in addresses {
-                    put_str(out, a);
-                }
-            }
             RouterMessage::Hello(h) => {
                 out.push(KIND_HELLO);
                 put_str(out, &h.router_id);
@@ -297,28 +277,6 @@ impl RouterMessage {
         let mut r = Reader { buf: input };
         let kind = r.u8()?;
         let msg = match kind {
-            KIND_ADDRESS_UPDATE => {
-                let router_id = r.str("router id")?;
-                let seq = r.u64()?;
-                let n = r.u32()? as usize;
-                if n > MAX_ADDRESSES {
-                    return Err(DecodeError::TooLong {
-                        what: "address list",
-                        len: n,
-                    });
-                }
-                // Each address takes at least 2 bytes, so a short input
-                // cannot make us reserve much.
-                let mut addresses = Vec::with_capacity(n.min(r.buf.len() / 2));
-                for _ in 0..n {
-                    addresses.push(r.str("address")?);
-                }
-                RouterMessage::AddressUpdate {
-                    router_id,
-                    seq,
-                    addresses,
-                }
-            }
             KIND_HELLO => RouterMessage::Hello(Hello {
                 router_id: r.str("router id")?,
                 instance: r.u64()?,
@@ -500,37 +458,6 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn address_update_round_trips() {
-        let m = RouterMessage::AddressUpdate {
-            router_id: "east".into(),
-            seq: 42,
-            addresses: vec!["backend".into(), "db".into()],
-        };
-        let mut buf = Vec::new();
-        m.encode(&mut buf);
-        assert_eq!(RouterMessage::decode(&buf), Ok(m));
-    }
-
-    #[test]
-    fn every_truncation_is_an_error_not_a_panic() {
-        let m = RouterMessage::AddressUpdate {
-            router_id: "east".into(),
-            seq: 1,
-            addresses: vec!["a".into(), "bb".into()],
-        };
-        let mut buf = Vec::new();
-        m.encode(&mut buf);
-        for cut in 0..buf.len() {
-            assert!(RouterMessage::decode(&buf[..cut]).is_err(), "cut at {cut}");
-        }
-        buf.push(0);
-        assert_eq!(
-            RouterMessage::decode(&buf),
-            Err(DecodeError::TrailingBytes(1))
-        );
-    }
-
     fn link_state_samples() -> Vec<RouterMessage> {
         vec![
             RouterMessage::Hello(Hello {
@@ -687,14 +614,34 @@ mod tests {
         );
     }
 
+    /// Kind 1, the retired direct-neighbour address snapshot (`str
+    /// router_id, u64 seq, u32 n, n × str address`), is an unknown kind
+    /// like any other, whatever follows it.
+    #[test]
+    fn retired_kind_1_is_an_unknown_kind() {
+        let mut buf = vec![1];
+        put_str(&mut buf, "east");
+        put_u64(&mut buf, 42);
+        put_strs(&mut buf, &["backend".to_string(), "db".to_string()]);
+        for cut in 1..=buf.len() {
+            assert_eq!(
+                RouterMessage::decode(&buf[..cut]),
+                Err(DecodeError::UnknownKind(1)),
+                "cut at {cut}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_kind_and_huge_counts_are_refused() {
-        assert_eq!(
-            RouterMessage::decode(&[9]),
-            Err(DecodeError::UnknownKind(9))
-        );
-        let mut buf = vec![KIND_ADDRESS_UPDATE, 0, 1, b'x'];
-        buf.extend_from_slice(&1u64.to_be_bytes());
+        for kind in [0, 9, 255] {
+            assert_eq!(
+                RouterMessage::decode(&[kind]),
+                Err(DecodeError::UnknownKind(kind))
+            );
+        }
+        let mut buf = vec![KIND_LSR];
+        put_str(&mut buf, "x");
         buf.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(
             RouterMessage::decode(&buf),

@@ -728,16 +728,7 @@ fn abbreviate(names: &[String]) -> String {
     }
 }
 
-const KINDS: [&str; 8] = [
-    "HELLO",
-    "RA",
-    "RA+summary",
-    "LSU",
-    "LSR",
-    "MAU",
-    "MAR",
-    "other",
-];
+const KINDS: [&str; 7] = ["HELLO", "RA", "RA+summary", "LSU", "LSR", "MAU", "MAR"];
 
 fn kind_of(m: &RouterMessage) -> usize {
     match m {
@@ -748,7 +739,6 @@ fn kind_of(m: &RouterMessage) -> usize {
         RouterMessage::LinkStateRequest(_) => 4,
         RouterMessage::MobileAddressUpdate(_) => 5,
         RouterMessage::MobileAddressRequest(_) => 6,
-        _ => 7,
     }
 }
 
@@ -785,7 +775,7 @@ pub struct Simulation {
     busy: Vec<bool>,
     busy_count: usize,
     triggered_in_flight: u64,
-    counts: [(u64, u64); 8],
+    counts: [(u64, u64); KINDS.len()],
     last_change: u64,
     last_activity: u64,
     rng: ChaCha8Rng,
@@ -839,7 +829,7 @@ impl Simulation {
             busy: vec![false; n],
             busy_count: 0,
             triggered_in_flight: 0,
-            counts: [(0, 0); 8],
+            counts: [(0, 0); KINDS.len()],
             last_change: 0,
             last_activity: 0,
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x0063_6875_726e),
@@ -871,7 +861,7 @@ impl Simulation {
     /// checks every route and address list.
     pub fn converge(&mut self, name: &str) -> PhaseReport {
         let start = self.now;
-        self.counts = [(0, 0); 8];
+        self.counts = [(0, 0); KINDS.len()];
         let spf_before: u64 = self.engines.iter().map(|e| e.stats().spf_runs).sum();
         self.last_activity = self.now;
         self.last_change = self.now;
