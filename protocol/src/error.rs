@@ -42,7 +42,8 @@ pub enum DecodeError {
         /// Size field of the frame header.
         size: u32,
     },
-    /// Frame type other than AMQP (0x00); SASL (0x01) is not supported yet.
+    /// Frame type other than the one expected: AMQP (0x00) for
+    /// [`crate::FrameDecoder`], SASL (0x01) for [`crate::decode_sasl_frame`].
     #[error("unsupported frame type {0:#04x}")]
     UnsupportedFrameType(u8),
     /// The peer did not open with an AMQP protocol header at all (TLS, HTTP, noise...).
@@ -57,6 +58,9 @@ pub enum DecodeError {
     /// The transfer fast path rejected the performative.
     #[error("malformed transfer: {0}")]
     MalformedTransfer(&'static str),
+    /// A SASL frame whose body is not a valid SASL performative.
+    #[error("malformed SASL frame: {0}")]
+    MalformedSasl(String),
     /// A payload that was expected to be exactly one AMQP Data section was not.
     #[error("payload is not exactly one AMQP data section")]
     NotDataSection,
@@ -79,6 +83,7 @@ impl DecodeError {
             | DecodeError::UnsupportedProtocolHeader(_) => CONDITION_FRAMING_ERROR,
             DecodeError::MalformedPerformative(_)
             | DecodeError::MalformedTransfer(_)
+            | DecodeError::MalformedSasl(_)
             | DecodeError::NotDataSection => CONDITION_DECODE_ERROR,
         }
     }
@@ -148,6 +153,10 @@ mod tests {
             "amqp:decode-error"
         );
         assert_eq!(DecodeError::NotDataSection.condition(), "amqp:decode-error");
+        assert_eq!(
+            DecodeError::MalformedSasl("x".into()).condition(),
+            "amqp:decode-error"
+        );
         assert_eq!(
             EncodeError::FrameTooLarge {
                 size: 600,

@@ -14,6 +14,9 @@
 //! an order of magnitude faster and keeps tags, state and payload as
 //! zero-copy [`bytes::Bytes`] slices of the receive buffer.
 //!
+//! SASL (part 5.3) frames, which a client may exchange before the AMQP
+//! connection, have their own [`decode_sasl_frame`]/[`encode_sasl_frame`].
+//!
 //! All decoding treats its input as hostile: no panics, no allocation or
 //! recursion sized by the input beyond the frame itself, and every error
 //! maps to the AMQP condition to close the connection with.
@@ -21,6 +24,8 @@
 mod data;
 mod error;
 mod frame;
+mod message;
+mod sasl;
 mod transfer;
 mod wire;
 
@@ -41,6 +46,10 @@ pub use frame::{
     decode_protocol_header, encode_close_with_error, encode_heartbeat, encode_performative,
     encode_performative_limited, Frame, FrameBody, FrameDecoder, AMQP_PROTOCOL_HEADER,
     FRAME_HEADER_LEN, MAX_CLOSE_DESCRIPTION, MIN_MAX_FRAME_SIZE,
+};
+pub use message::{message_to, MessageToError};
+pub use sasl::{
+    decode_sasl_frame, encode_sasl_frame, SaslFrame, FRAME_TYPE_SASL, SASL_PROTOCOL_HEADER,
 };
 pub use transfer::{
     encode_transfer, encode_transfer_header, transfer_frame_overhead, TransferHeader,

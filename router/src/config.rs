@@ -18,6 +18,16 @@
 //! port = 55671
 //! tls = "site"                 # required: links are always mutual TLS
 //!
+//! [[listener]]                 # accepts AMQP 1.0 clients
+//! role = "normal"
+//! host = "127.0.0.1"
+//! port = 5672                  # optional, default 5672
+//! tls = "site"                 # optional: TLS with this profile
+//! require_client_cert = false  # optional, with tls: clients must present a cert from the CA
+//! sasl_mechanisms = ["ANONYMOUS", "PLAIN"]  # optional, default ["ANONYMOUS"]
+//! allow_no_sasl = true         # optional: clients may skip SASL (default true)
+//! users_file = "users.toml"    # needed for PLAIN: [users] alice = "secret"
+//!
 //! [[connector]]                # dials another router's listener
 //! role = "inter-router"
 //! host = "127.0.0.1"
@@ -96,6 +106,8 @@ pub struct Config {
     pub path: PathBuf,
     pub router: RouterSection,
     pub listeners: Vec<ListenerConfig>,
+    /// `[[listener]]` entries with `role = "normal"`: AMQP clients.
+    pub client_listeners: Vec<ClientListenerConfig>,
     pub connectors: Vec<ConnectorConfig>,
     pub tcp_listeners: Vec<TcpListenerConfig>,
     pub tcp_connectors: Vec<TcpConnectorConfig>,
@@ -179,6 +191,8 @@ pub struct RouterSection {
 pub enum Role {
     /// A link between two routers.
     InterRouter,
+    /// AMQP 1.0 clients (listeners only).
+    Normal,
 }
 
 impl Role {
@@ -186,6 +200,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::InterRouter => "inter-router",
+            Role::Normal => "normal",
         }
     }
 }
@@ -207,6 +222,26 @@ pub struct ListenerConfig {
     /// Name of the TLS profile (a key of [`Config::tls`]).
     pub tls: String,
 }
+
+/// `[[listener]]` with `role = "normal"`: accepts AMQP 1.0 clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientListenerConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// TLS profile, if the listener speaks TLS.
+    pub tls: Option<String>,
+    /// With TLS: clients must present a certificate signed by the profile CA.
+    pub require_client_cert: bool,
+    pub sasl_anonymous: bool,
+    /// Users for SASL PLAIN (user -> password), if PLAIN is offered.
+    pub sasl_plain_users: Option<Arc<HashMap<String, String>>>,
+    /// Clients may skip the SASL layer.
+    pub allow_no_sasl: bool,
+}
+
+/// Default port of a client (`role = "normal"`) listener.
+pub const DEFAULT_AMQP_PORT: u16 = 5672;
 
 /// `[[connector]]`: dials another router's inter-router listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,8 +384,12 @@ struct RawListener {
     name: Option<Spanned<String>>,
     role: Spanned<String>,
     host: Spanned<String>,
-    port: Spanned<i64>,
+    port: Option<Spanned<i64>>,
     tls: Option<Spanned<String>>,
+    require_client_cert: Option<Spanned<bool>>,
+    sasl_mechanisms: Option<Spanned<Vec<Spanned<String>>>>,
+    allow_no_sasl: Option<Spanned<bool>>,
+    users_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -692,12 +731,51 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let mut binds: Vec<(String, String, u16, Range<usize>)> = Vec::new();
 
     let mut listeners = Vec::new();
+    let mut client_listeners = Vec::new();
     for (i, item) in raw.listener.iter().enumerate() {
         let what = format!("listener[{i}]");
         let l = item.get_ref();
         let role = role(src, &what, &l.role)?;
         let host = host(src, &what, &l.host)?;
-        let port = port(src, &what, &l.port)?;
+        if role == Role::Normal {
+            let cl = client_listener(src, &what, item, host, &profiles)?;
+            names.push((
+                cl.name.clone(),
+                what.clone(),
+                name_span(item, &l.name),
+                l.name.is_some(),
+            ));
+            let port_span = l.port.as_ref().map_or(item.span(), |p| p.span());
+            binds.push((what, cl.host.clone(), cl.port, port_span));
+            client_listeners.push(cl);
+            continue;
+        }
+        for (key, present) in [
+            (
+                "require_client_cert",
+                l.require_client_cert.as_ref().map(|v| v.span()),
+            ),
+            (
+                "sasl_mechanisms",
+                l.sasl_mechanisms.as_ref().map(|v| v.span()),
+            ),
+            ("allow_no_sasl", l.allow_no_sasl.as_ref().map(|v| v.span())),
+            ("users_file", l.users_file.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = present {
+                return Err(src.err(
+                    span,
+                    format!("{what}.{key}: only for client listeners (role = \"normal\"); inter-router links always use mutual TLS"),
+                ));
+            }
+        }
+        let Some(port_v) = &l.port else {
+            return Err(src.err(
+                item.span(),
+                format!("{what}: missing required key \"port\""),
+            ));
+        };
+        let port = port(src, &what, port_v)?;
         let tls = tls_ref(src, &what, item.span(), l.tls.as_ref(), &profiles)?;
         let name = name(src, &what, l.name.as_ref(), || {
             format!("listener/{host}:{port}")
@@ -708,7 +786,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             name_span(item, &l.name),
             l.name.is_some(),
         ));
-        binds.push((what, host.clone(), port, l.port.span()));
+        binds.push((what, host.clone(), port, port_v.span()));
         listeners.push(ListenerConfig {
             name,
             role,
@@ -878,6 +956,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         path: src.path.to_path_buf(),
         router,
         listeners,
+        client_listeners,
         connectors,
         tcp_listeners,
         tcp_connectors,
@@ -998,13 +1077,14 @@ fn port(src: &Source<'_>, what: &str, v: &Spanned<i64>) -> Result<u16, ConfigErr
 fn role(src: &Source<'_>, what: &str, v: &Spanned<String>) -> Result<Role, ConfigError> {
     match v.get_ref().as_str() {
         "inter-router" => Ok(Role::InterRouter),
+        "normal" if what.starts_with("listener") => Ok(Role::Normal),
         "normal" => Err(src.err(
             v.span(),
-            format!("{what}.role: role \"normal\" is not supported yet; only \"inter-router\" is"),
+            format!("{what}.role: role \"normal\" is for listeners (AMQP clients); connectors are \"inter-router\""),
         )),
         other => Err(src.err(
             v.span(),
-            format!("{what}.role: unknown role {other:?}, expected \"inter-router\""),
+            format!("{what}.role: unknown role {other:?}, expected \"inter-router\" or \"normal\""),
         )),
     }
 }
@@ -1099,6 +1179,131 @@ fn name(
 /// Where to point for a name: the `name` value, or the section header if defaulted.
 fn name_span<T>(item: &Spanned<T>, name: &Option<Spanned<String>>) -> Range<usize> {
     name.as_ref().map_or_else(|| item.span(), Spanned::span)
+}
+
+/// A `role = "normal"` listener: TLS optional, SASL settings, users file.
+fn client_listener(
+    src: &Source<'_>,
+    what: &str,
+    item: &Spanned<RawListener>,
+    host: String,
+    profiles: &[&str],
+) -> Result<ClientListenerConfig, ConfigError> {
+    let l = item.get_ref();
+    let port = match &l.port {
+        Some(v) => port(src, what, v)?,
+        None => DEFAULT_AMQP_PORT,
+    };
+    let tls = match &l.tls {
+        None => None,
+        Some(_) => Some(tls_ref(src, what, item.span(), l.tls.as_ref(), profiles)?),
+    };
+    let require_client_cert = match &l.require_client_cert {
+        Some(v) if *v.get_ref() && tls.is_none() => {
+            return Err(src.err(
+                v.span(),
+                format!("{what}.require_client_cert: needs tls = \"<profile>\" (client certificates are a TLS feature)"),
+            ))
+        }
+        Some(v) => *v.get_ref(),
+        None => false,
+    };
+    let mut anonymous = false;
+    let mut plain = false;
+    match &l.sasl_mechanisms {
+        None => anonymous = true,
+        Some(list) => {
+            for m in list.get_ref() {
+                match m.get_ref().to_ascii_uppercase().as_str() {
+                    "ANONYMOUS" => anonymous = true,
+                    "PLAIN" => plain = true,
+                    other => {
+                        return Err(src.err(
+                            m.span(),
+                            format!("{what}.sasl_mechanisms: unsupported mechanism {other:?}, expected \"ANONYMOUS\" or \"PLAIN\""),
+                        ))
+                    }
+                }
+            }
+            if !anonymous && !plain {
+                return Err(src.err(
+                    list.span(),
+                    format!(
+                        "{what}.sasl_mechanisms: name at least one of \"ANONYMOUS\", \"PLAIN\""
+                    ),
+                ));
+            }
+        }
+    }
+    let users = match (&l.users_file, plain) {
+        (None, true) => {
+            return Err(src.err(
+                l.sasl_mechanisms.as_ref().map_or(item.span(), |v| v.span()),
+                format!("{what}.sasl_mechanisms: PLAIN needs users_file = \"<file>\" ([users] name = \"password\")"),
+            ))
+        }
+        (Some(f), false) => {
+            return Err(src.err(
+                f.span(),
+                format!("{what}.users_file: only used with sasl_mechanisms including \"PLAIN\""),
+            ))
+        }
+        (None, false) => None,
+        (Some(f), true) => Some(Arc::new(load_users(src, what, f)?)),
+    };
+    let allow_no_sasl = l.allow_no_sasl.as_ref().is_none_or(|v| *v.get_ref());
+    let name = name(src, what, l.name.as_ref(), || {
+        format!("listener/{host}:{port}")
+    })?;
+    Ok(ClientListenerConfig {
+        name,
+        host,
+        port,
+        tls,
+        require_client_cert,
+        sasl_anonymous: anonymous,
+        sasl_plain_users: users,
+        allow_no_sasl,
+    })
+}
+
+/// Reads a users file: `[users]` with `name = "password"` entries.
+fn load_users(
+    src: &Source<'_>,
+    what: &str,
+    f: &Spanned<String>,
+) -> Result<HashMap<String, String>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct UsersFile {
+        users: HashMap<String, String>,
+    }
+    let path = src
+        .path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(f.get_ref());
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        src.err(
+            f.span(),
+            format!(
+                "{what}.users_file: cannot read {}: {}",
+                path.display(),
+                io_reason(&e)
+            ),
+        )
+    })?;
+    let parsed: UsersFile = toml::from_str(&text).map_err(|e| {
+        src.err(
+            f.span(),
+            format!(
+                "{what}.users_file: {}: expected [users] with name = \"password\" entries: {}",
+                path.display(),
+                e.message().trim()
+            ),
+        )
+    })?;
+    Ok(parsed.users)
 }
 
 fn tls_ref(
@@ -1866,17 +2071,16 @@ key = "east-key.pem"
                 "[router]\nid = 'a'\n[[listener]]\nrole = '{role}'\nhost = 'h'\nport = 1\ntls = 'site'\n"
             ))
         };
-        env.expect(
-            &listener("normal"),
-            4,
-            8,
-            "listener[0].role: role \"normal\" is not supported yet",
-        );
+        let normal = env.parse(&listener("normal")).expect("valid");
+        assert!(normal.listeners.is_empty());
+        assert_eq!(normal.client_listeners[0].port, 1);
+        assert_eq!(normal.client_listeners[0].tls.as_deref(), Some("site"));
+        assert!(normal.client_listeners[0].sasl_anonymous);
         env.expect(
             &listener("edge"),
             4,
             8,
-            "listener[0].role: unknown role \"edge\", expected \"inter-router\"",
+            "listener[0].role: unknown role \"edge\", expected \"inter-router\" or \"normal\"",
         );
         assert_eq!(
             env.parse(&listener("inter-router"))

@@ -41,11 +41,12 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{
-    distribution_for, AddressConfig, Config, ConnectorConfig, Distribution, ListenerConfig,
-    TcpConnectorConfig, TcpListenerConfig,
+    distribution_for, AddressConfig, ClientListenerConfig, Config, ConnectorConfig, Distribution,
+    ListenerConfig, TcpConnectorConfig, TcpListenerConfig,
 };
 use crate::flow::Flow;
 use crate::link::{establish, Link, LinkError, Side};
+use crate::messages::{Dest, MessageCore};
 use crate::tls::{describe_handshake_error, TlsMaterial};
 
 /// rustls buffers this much outgoing plaintext per connection before it
@@ -75,6 +76,8 @@ pub struct Settings {
 /// See the module documentation.
 pub struct Router {
     pub id: String,
+    /// AMQP message routing (client senders and receivers, message links).
+    pub messages: Rc<MessageCore>,
     settings: Settings,
     tcp_connectors: Vec<TcpConnectorConfig>,
     addresses: RefCell<Vec<AddressConfig>>,
@@ -230,7 +233,10 @@ impl Router {
                 } => {
                     tracing::info!("router {router} unreachable")
                 }
-                Event::AddressChanged { .. } => addresses_changed = true,
+                Event::AddressChanged { address } => {
+                    self.messages.address_changed(&address);
+                    addresses_changed = true;
+                }
                 _ => {}
             }
         }
@@ -246,7 +252,7 @@ impl Router {
             .borrow()
             .addresses()
             .filter(|(_, offers)| !offers.is_empty())
-            .map(|(a, _)| a.to_string())
+            .filter_map(|(a, _)| a.strip_prefix('T').map(str::to_string))
             .collect();
         let mut before = self.reachable.borrow_mut();
         for a in now.difference(&before) {
@@ -259,7 +265,97 @@ impl Router {
     }
 
     fn is_reachable(&self, address: &str) -> bool {
-        !self.engine.borrow().destinations(address).is_empty()
+        !self
+            .engine
+            .borrow()
+            .destinations(&tcp_address(address))
+            .is_empty()
+    }
+
+    /// Whether a message address has a consumer anywhere.
+    pub fn message_reachable(&self, address: &str) -> bool {
+        !self
+            .engine
+            .borrow()
+            .destinations(&MessageCore::engine_address(address))
+            .is_empty()
+    }
+
+    /// Tells the routing engine which addresses this router serves: its
+    /// tcp_connectors' and its AMQP consumers'.
+    pub fn update_local_addresses(self: &Rc<Self>) {
+        let mut local: Vec<String> = self
+            .tcp_connectors
+            .iter()
+            .map(|c| tcp_address(&c.address))
+            .collect();
+        local.extend(self.messages.local_addresses());
+        self.engine
+            .borrow_mut()
+            .set_local_addresses(now_std(), local);
+        self.pump();
+    }
+
+    /// Where a message entering here for `address` goes (anycast: one
+    /// destination, chosen like flows but weighted by unsettled deliveries;
+    /// multicast: this router's consumers only, see messages.rs).
+    pub fn message_targets_ingress(&self, address: &str) -> Vec<Dest> {
+        let distribution = distribution_for(&self.addresses.borrow(), address);
+        let engine = self.engine.borrow();
+        let offers = engine.destinations(&MessageCore::engine_address(address));
+        if distribution == Distribution::Multicast {
+            return offers
+                .iter()
+                .filter(|o| o.link.is_none())
+                .map(|_| Dest::Local)
+                .collect();
+        }
+        let links = self.links.borrow();
+        let mut best: Vec<Dest> = Vec::new();
+        let mut best_score = u64::MAX;
+        for offer in offers {
+            let dest = match offer.link {
+                None => Dest::Local,
+                Some(id) => match links.get(&id) {
+                    Some(link) => Dest::Remote {
+                        link: link.clone(),
+                        egress: offer.router.clone(),
+                    },
+                    None => continue,
+                },
+            };
+            let score = match distribution {
+                Distribution::Closest => offer.cost,
+                _ => offer.cost + u64::from(self.messages.unsettled_to(address, &offer.router)),
+            };
+            if score < best_score {
+                best_score = score;
+                best.clear();
+            }
+            if score == best_score {
+                best.push(dest);
+            }
+        }
+        if best.is_empty() {
+            return best;
+        }
+        let pick = self.messages.turn(address, best.len());
+        vec![best.swap_remove(pick)]
+    }
+
+    /// Where a message that arrived from another router for `egress` goes:
+    /// here, or the next hop (never back where it came from).
+    pub fn message_targets_transit(&self, egress: &str, from: LinkId) -> Vec<Dest> {
+        if egress == self.id || egress.is_empty() {
+            return vec![Dest::Local];
+        }
+        match self.next_hop(egress) {
+            Some(link) if link.id != from => vec![Dest::Remote {
+                link,
+                egress: egress.to_string(),
+            }],
+            _ => Vec::new(),
+        }
     }
 
     /// Chooses where a new flow for `address` goes, among the routers
@@ -273,7 +369,7 @@ impl Router {
         let links = self.links.borrow();
         let mut best: Vec<Choice> = Vec::new();
         let mut best_score = u64::MAX;
-        for offer in engine.destinations(address) {
+        for offer in engine.destinations(&tcp_address(address)) {
             let choice = match offer.link {
                 None => Choice::Local,
                 Some(id) => match links.get(&id) {
@@ -555,6 +651,52 @@ async fn accept_links(
     }
 }
 
+/// Accepts AMQP client connections (TLS if configured) and runs each.
+async fn accept_amqp_clients(
+    router: Rc<Router>,
+    cfg: ClientListenerConfig,
+    listener: TcpListener,
+    tls: Option<Arc<TlsMaterial>>,
+) {
+    let acceptor = tls.map(|m| {
+        TlsAcceptor::from(if cfg.require_client_cert {
+            m.amqp_server_cert_required.clone()
+        } else {
+            m.amqp_server_cert_optional.clone()
+        })
+    });
+    let cfg = Rc::new(cfg);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = %cfg.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let cfg = cfg.clone();
+        tokio::task::spawn_local(async move {
+            let _ = tcp.set_nodelay(true);
+            let peer = peer.to_string();
+            match acceptor {
+                None => crate::client::run_client(router, &cfg, tcp, peer).await,
+                Some(a) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, a.accept(tcp)).await {
+                    Ok(Ok(s)) => crate::client::run_client(router, &cfg, s, peer).await,
+                    Ok(Err(e)) => {
+                        tracing::warn!(listener = %cfg.name, "refused AMQP client {peer}: {}", describe_handshake_error(&e))
+                    }
+                    Err(_) => {
+                        tracing::warn!(listener = %cfg.name, "refused AMQP client {peer}: TLS handshake timed out")
+                    }
+                },
+            }
+        });
+    }
+}
+
 fn log_link_failure(what: &str, e: &LinkError) {
     match e {
         LinkError::DuplicateId(_) => tracing::error!("refused {what}: {e}"),
@@ -654,6 +796,12 @@ async fn reload_on_hangup(router: Rc<Router>, path: std::path::PathBuf) {
 /// quarter window (16-256 KiB; larger socket reads mean fewer frames and
 /// wake-ups: 256 KiB reads took single-flow bulk from ~5.8 to ~8.7 Gbit/s
 /// here), and as many credits as fit.
+/// The engine address of a TCP address (class `T`; AMQP addresses are
+/// class `M`, so the two never mix).
+fn tcp_address(address: &str) -> String {
+    format!("T{address}")
+}
+
 /// The current time for the routing engine (tokio's clock, so tests with
 /// paused time work).
 fn now_std() -> std::time::Instant {
@@ -698,6 +846,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (window_credits, max_delivery) = flow_credit(config.router.flow_window);
     let router = Rc::new(Router {
         id: config.router.id.clone(),
+        messages: Rc::new(MessageCore::new(config.router.id.clone())),
         settings: Settings {
             hello_interval: config.router.hello_interval,
             dead_interval: config.router.dead_interval,
@@ -769,12 +918,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for c in &config.connectors {
         tokio::task::spawn_local(connector_loop(router.clone(), c.clone(), profile(&c.tls)?));
     }
-    let local = config.tcp_connectors.iter().map(|c| c.address.clone());
-    router
-        .engine
-        .borrow_mut()
-        .set_local_addresses(now_std(), local);
-    router.pump();
+    for cl in &config.client_listeners {
+        let addr = resolve(&cl.host, cl.port)
+            .map_err(|e| format!("{}: cannot resolve {}:{}: {e}", cl.name, cl.host, cl.port))?;
+        let listener = tether_tcp::bind_listener(addr)
+            .map_err(|e| format!("{}: cannot listen on {addr}: {e}", cl.name))?;
+        let tls = match &cl.tls {
+            Some(p) => Some(profile(p)?),
+            None => None,
+        };
+        tracing::info!(listener = %cl.name, tls = cl.tls.is_some(), "AMQP client listener on {addr}");
+        tokio::task::spawn_local(accept_amqp_clients(
+            router.clone(),
+            cl.clone(),
+            listener,
+            tls,
+        ));
+    }
+    router.update_local_addresses();
     router.sync_gates();
     tokio::task::spawn_local(engine_timer(router.clone()));
     tokio::task::spawn_local(reload_on_hangup(router.clone(), config.path.clone()));

@@ -6,10 +6,13 @@
 //! its driver), [`flow`] (one TCP flow over a link), [`core`] (the router
 //! that ties them together), [`demo`] (the three-site demo).
 
+pub mod amqp;
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod demo;
 pub mod flow;
 pub mod link;
+pub mod messages;
 pub mod relay;
 pub mod tls;

@@ -46,6 +46,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::core::Router;
 use crate::flow::{Dir, Flow};
+use crate::messages::{MsgIn, MsgOut};
 use crate::relay::{Leg, Relay};
 
 /// Largest frame we accept and announce (flow deliveries are at most 256 KiB).
@@ -69,7 +70,7 @@ const PROP_MAX_DELIVERY: &str = "tether:max-delivery";
 const PROP_COST: &str = "tether:cost";
 /// Attach property of a flow's client-to-service link: the router id of
 /// the flow's egress (chosen by the ingress).
-const PROP_EGRESS: &str = "tether:egress";
+pub const PROP_EGRESS: &str = "tether:egress";
 /// Attach property: routers the flow's attach has passed through.
 const PROP_HOPS: &str = "tether:hops";
 /// A flow attach that has passed this many routers is refused (a routing
@@ -96,13 +97,19 @@ pub(crate) enum Endpoint {
     Control,
     Flow(Rc<Flow>, Dir),
     Relay(Rc<Relay>, Leg, Dir),
+    /// A message link we receive on.
+    MsgIn(Rc<MsgIn>),
+    /// A message link we send on.
+    MsgOut(Rc<MsgOut>),
 }
 
-/// A flow end or a relay leg using this link.
+/// A flow end, a relay leg or a message link using this link.
 #[derive(Clone)]
 pub(crate) enum FlowRef {
     Flow(Rc<Flow>),
     Relay(Rc<Relay>, Leg),
+    MsgIn(Rc<MsgIn>),
+    MsgOut(Rc<MsgOut>),
 }
 
 /// One established inter-router link, shared by the driver and its flows.
@@ -193,6 +200,8 @@ impl Link {
             match f {
                 FlowRef::Flow(f) => f.flush_credit(),
                 FlowRef::Relay(r, leg) => r.flush_credit(leg),
+                FlowRef::MsgIn(m) => self.router.messages.flush_in_credit(&m),
+                FlowRef::MsgOut(_) => {}
             }
         }
     }
@@ -363,6 +372,8 @@ impl Link {
             match f {
                 FlowRef::Flow(f) => f.link_lost(reason),
                 FlowRef::Relay(r, leg) => r.link_lost(leg, reason),
+                FlowRef::MsgIn(m) => self.router.messages.in_lost(&m),
+                FlowRef::MsgOut(m) => self.router.messages.out_lost(&m),
             }
         }
         self.endpoints.borrow_mut().clear();
@@ -390,6 +401,16 @@ impl Link {
                         relay.on_data(leg, data);
                         Ok(())
                     }
+                    Some(Endpoint::MsgIn(m)) => {
+                        let router = self.router.clone();
+                        self.router.messages.in_transfer(
+                            &m,
+                            &transfer,
+                            payload,
+                            |_address, egress| router.message_targets_transit(egress, self.id),
+                        );
+                        Ok(())
+                    }
                     Some(Endpoint::Control) => {
                         let body = data_section_body(&payload).map_err(LinkError::Decode)?;
                         let msg = RouterMessage::decode(&body).map_err(|e| {
@@ -401,6 +422,7 @@ impl Link {
                     // A transfer racing with a detach we sent: drop it.
                     Some(Endpoint::Flow(_, Dir::Send))
                     | Some(Endpoint::Relay(_, _, Dir::Send))
+                    | Some(Endpoint::MsgOut(_))
                     | None => Ok(()),
                 }
             }
@@ -424,6 +446,11 @@ impl Link {
                         Some(Endpoint::Relay(relay, leg, Dir::Send)) => {
                             relay.on_credit(leg, f.delivery_count.unwrap_or(0), credit)
                         }
+                        Some(Endpoint::MsgOut(out)) => self.router.messages.out_credit(
+                            &out,
+                            f.delivery_count.unwrap_or(0),
+                            credit,
+                        ),
                         _ => {}
                     }
                 }
@@ -457,8 +484,11 @@ impl Link {
             Performative::Open(_) | Performative::Begin(_) => Err(LinkError::Protocol(
                 "unexpected Open/Begin on an open link".into(),
             )),
-            // Flow links are pre-settled; nothing to do.
-            Performative::Disposition(_) | Performative::Transfer(_) => Ok(()),
+            Performative::Disposition(d) => {
+                self.router.messages.router_disposition(self, &d);
+                Ok(())
+            }
+            Performative::Transfer(_) => Ok(()),
         }
     }
 
@@ -499,7 +529,30 @@ impl Link {
                 }
                 return;
             }
-            None => {}
+            _ => {}
+        }
+        // Message links: `<router>/m/<n>`.
+        if let Some(FlowRef::MsgOut(out)) = self.awaiting_attach.borrow_mut().remove(&a.name) {
+            self.endpoints
+                .borrow_mut()
+                .insert(a.handle.0, Endpoint::MsgOut(out));
+            return;
+        }
+        if flow_name.ends_with("/m") && our_dir == Dir::Recv {
+            let egress = a
+                .properties
+                .as_ref()
+                .and_then(|p| p.iter().find(|(k, _)| k.0 == PROP_EGRESS))
+                .and_then(|(_, v)| match v {
+                    Value::String(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let m = self.router.messages.new_in(self, &a, egress);
+            self.endpoints
+                .borrow_mut()
+                .insert(a.handle.0, Endpoint::MsgIn(m));
+            return;
         }
         // A new flow from the peer: its client-to-service sender comes first.
         if dir_suffix != "c2s" || our_dir != Dir::Recv {

@@ -49,6 +49,12 @@ pub struct TlsMaterial {
     pub client: Arc<ClientConfig>,
     /// For connectors with `verify_hostname = false`: verifies chain and validity, not the name.
     pub client_no_hostname: Arc<ClientConfig>,
+    /// For AMQP client listeners that require a client certificate signed
+    /// by the CA (TLS 1.2 and 1.3, no ALPN).
+    pub amqp_server_cert_required: Arc<ServerConfig>,
+    /// For AMQP client listeners where a client certificate is optional
+    /// (checked against the CA when presented).
+    pub amqp_server_cert_optional: Arc<ServerConfig>,
     /// The `notAfter` time of this router's own (leaf) certificate, if it could be read.
     pub not_after: Option<SystemTime>,
 }
@@ -274,6 +280,29 @@ pub fn load_material(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, 
     // Links are long-lived and mutually authenticated; resumption buys nothing.
     server.send_tls13_tickets = 0;
 
+    // AMQP client listeners: ordinary messaging clients, so TLS 1.2 too.
+    let amqp_server = |optional: bool| -> Result<ServerConfig, TlsLoadError> {
+        let builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+        let builder = if optional {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        let verifier = builder.build().map_err(|e| TlsLoadError::BadCertificate {
+            file: TlsFile::Ca,
+            path: ca.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(rustls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key_der.clone_key())
+            .map_err(rustls_err)
+    };
+    let amqp_server_cert_required = Arc::new(amqp_server(false)?);
+    let amqp_server_cert_optional = Arc::new(amqp_server(true)?);
+
     // Client side: verify the server's chain (and name) against the CAs.
     let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
@@ -303,6 +332,8 @@ pub fn load_material(ca: &Path, cert: &Path, key: &Path) -> Result<TlsMaterial, 
         server: Arc::new(server),
         client: Arc::new(client),
         client_no_hostname: Arc::new(client_no_hostname),
+        amqp_server_cert_required,
+        amqp_server_cert_optional,
         not_after,
     })
 }

@@ -131,8 +131,8 @@ fn errors_point_at_the_offending_key() {
         ),
         (
             "role = \"inter-router\"\nhost = \"127.0.0.1\"\nport = 55671",
-            "role = \"normal\"\nhost = \"127.0.0.1\"\nport = 55671",
-            "east.toml:6:8: listener[0].role: role \"normal\" is not supported yet; only \"inter-router\" is",
+            "role = \"edge\"\nhost = \"127.0.0.1\"\nport = 55671",
+            "east.toml:6:8: listener[0].role: unknown role \"edge\", expected \"inter-router\" or \"normal\"",
         ),
         (
             "key = \"certs/east-key.pem\"",
