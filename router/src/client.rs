@@ -379,13 +379,11 @@ impl ClientConn {
             return;
         }
         s.outstanding.set(s.outstanding.get() + 1);
-        let upstream = if settled {
-            Upstream::None
-        } else {
-            Upstream::Client {
-                inlink: s.clone() as Rc<dyn SenderLink>,
-                delivery: u64::from(delivery.0),
-            }
+        // Pre-settled messages get no outcome, but their credit comes back
+        // through the same handle when they leave (Msg::forwarded).
+        let upstream = Upstream::Client {
+            inlink: s.clone() as Rc<dyn SenderLink>,
+            delivery: u64::from(delivery.0),
         };
         let address = match &s.address {
             Some(a) => Ok(a.clone()),

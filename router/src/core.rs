@@ -303,14 +303,21 @@ impl Router {
         let distribution = distribution_for(&self.addresses.borrow(), address);
         let engine = self.engine.borrow();
         let offers = engine.destinations(&MessageCore::engine_address(address));
+        let links = self.links.borrow();
         if distribution == Distribution::Multicast {
+            // One copy per router with consumers, each routed like an
+            // anycast message to that router: exact, and loop-free.
             return offers
                 .iter()
-                .filter(|o| o.link.is_none())
-                .map(|_| Dest::Local)
+                .filter_map(|o| match o.link {
+                    None => Some(Dest::LocalAll),
+                    Some(id) => links.get(&id).map(|link| Dest::Remote {
+                        link: link.clone(),
+                        egress: o.router.clone(),
+                    }),
+                })
                 .collect();
         }
-        let links = self.links.borrow();
         let mut best: Vec<Dest> = Vec::new();
         let mut best_score = u64::MAX;
         for offer in offers {
@@ -345,9 +352,15 @@ impl Router {
 
     /// Where a message that arrived from another router for `egress` goes:
     /// here, or the next hop (never back where it came from).
-    pub fn message_targets_transit(&self, egress: &str, from: LinkId) -> Vec<Dest> {
+    pub fn message_targets_transit(&self, address: &str, egress: &str, from: LinkId) -> Vec<Dest> {
         if egress == self.id || egress.is_empty() {
-            return vec![Dest::Local];
+            let multicast =
+                distribution_for(&self.addresses.borrow(), address) == Distribution::Multicast;
+            return vec![if multicast {
+                Dest::LocalAll
+            } else {
+                Dest::Local
+            }];
         }
         match self.next_hop(egress) {
             Some(link) if link.id != from => vec![Dest::Remote {

@@ -407,7 +407,9 @@ impl Link {
                             &m,
                             &transfer,
                             payload,
-                            |_address, egress| router.message_targets_transit(egress, self.id),
+                            |address, egress| {
+                                router.message_targets_transit(address, egress, self.id)
+                            },
                         );
                         Ok(())
                     }

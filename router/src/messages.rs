@@ -61,6 +61,8 @@ use crate::link::{FlowRef, Link};
 pub const SENDER_WINDOW: u32 = 250;
 /// Credit of each inter-router message link.
 pub const MSG_WINDOW: u32 = 250;
+/// Multicast copies queued per consumer at most.
+pub const MULTICAST_QUEUE: usize = 1000;
 /// Engine-address class of message addresses.
 pub const CLASS_MESSAGE: &str = "M";
 
@@ -127,6 +129,9 @@ pub struct Msg {
     complete: Cell<bool>,
     aborted: Cell<bool>,
     sink: RefCell<Option<Sink>>,
+    /// Sent to several places: frames are kept for copies that start
+    /// later (so a multicast message is held whole while copies remain).
+    multicast: Cell<bool>,
     /// Multicast: copies still waiting for their outcome, and the outcome
     /// so far.
     copies: Cell<u32>,
@@ -169,6 +174,7 @@ impl Msg {
             complete: Cell::new(false),
             aborted: Cell::new(false),
             sink: RefCell::new(None),
+            multicast: Cell::new(false),
             copies: Cell::new(0),
             combined: RefCell::new(None),
             egress: RefCell::new(None),
@@ -229,7 +235,14 @@ impl Msg {
     /// The message left this router pre-settled (or will get no outcome
     /// from downstream): tell a client sender its credit is free.
     fn forwarded(&self) {
-        if self.settled && !self.forwarded_once.replace(true) {
+        if !self.settled {
+            return;
+        }
+        // Multicast: the credit comes back when the last copy has left, so
+        // the slowest consumer paces the sender (back-pressure, no drops).
+        let left = self.copies.get().saturating_sub(1);
+        self.copies.set(left);
+        if left == 0 && !self.forwarded_once.replace(true) {
             if let Upstream::Client { inlink, .. } = &*self.upstream.borrow() {
                 inlink.forwarded();
             }
@@ -275,6 +288,8 @@ pub struct Consumer {
     /// The delivery in progress (multi-frame), if any: frames of other
     /// messages wait behind it.
     busy: Cell<bool>,
+    /// Multicast copies waiting for credit.
+    mc_waiting: RefCell<VecDeque<Rc<Msg>>>,
 }
 
 impl Consumer {
@@ -285,6 +300,7 @@ impl Consumer {
             link,
             unsettled: RefCell::new(HashMap::new()),
             busy: Cell::new(false),
+            mc_waiting: RefCell::new(VecDeque::new()),
         })
     }
 
@@ -351,8 +367,14 @@ pub struct MessageCore {
 
 /// Where a message goes from the ingress.
 pub enum Dest {
+    /// One consumer here (anycast).
     Local,
-    Remote { link: Rc<Link>, egress: String },
+    /// Every consumer here (multicast).
+    LocalAll,
+    Remote {
+        link: Rc<Link>,
+        egress: String,
+    },
 }
 
 impl MessageCore {
@@ -493,6 +515,10 @@ impl MessageCore {
             }
             (last, waiting)
         };
+        let queued: Vec<Rc<Msg>> = consumer.mc_waiting.borrow_mut().drain(..).collect();
+        for m in queued {
+            self.copy_refused(&m);
+        }
         let unsettled: Vec<Rc<Msg>> = consumer
             .unsettled
             .borrow_mut()
@@ -538,17 +564,82 @@ impl MessageCore {
         msg.copies.set(targets.len() as u32);
         if !msg.settled && targets.len() == 1 {
             let egress = match &targets[0] {
-                Dest::Local => self.router_id.clone(),
+                Dest::Local | Dest::LocalAll => self.router_id.clone(),
                 Dest::Remote { egress, .. } => egress.clone(),
             };
             self.unsettled_started(&msg.address, &egress);
             *msg.egress.borrow_mut() = Some(egress);
         }
+        if targets.len() > 1 || matches!(targets[0], Dest::LocalAll) {
+            // Copies may start at different times: keep every frame.
+            msg.multicast.set(true);
+        }
         for t in targets {
             match t {
                 Dest::Local => self.deliver_local(msg),
+                Dest::LocalAll => self.deliver_local_all(msg),
                 Dest::Remote { link, egress } => self.send_remote(msg, &link, &egress),
             }
+        }
+    }
+
+    /// A copy of `msg` for every local consumer of its address, each
+    /// queued (at most [`MULTICAST_QUEUE`] per consumer; beyond, that copy
+    /// is dropped and counted, or released if unsettled).
+    fn deliver_local_all(self: &Rc<Self>, msg: &Rc<Msg>) {
+        let consumers: Vec<Rc<Consumer>> = self
+            .addresses
+            .borrow()
+            .get(&msg.address)
+            .map(|st| st.consumers.clone())
+            .unwrap_or_default();
+        if consumers.is_empty() {
+            self.copy_refused(msg);
+            return;
+        }
+        msg.copies
+            .set(msg.copies.get() + consumers.len() as u32 - 1);
+        for c in consumers {
+            let full = c.mc_waiting.borrow().len() >= MULTICAST_QUEUE;
+            if full {
+                self.copy_refused(msg);
+                continue;
+            }
+            c.mc_waiting.borrow_mut().push_back(msg.clone());
+            self.pump_consumer(&c);
+        }
+    }
+
+    /// One multicast copy could not be delivered.
+    fn copy_refused(&self, msg: &Rc<Msg>) {
+        if msg.settled {
+            self.stats.borrow_mut().dropped += 1;
+            msg.forwarded();
+        } else {
+            self.stats.borrow_mut().refused += 1;
+            msg.copy_outcome(self, released());
+        }
+    }
+
+    /// Sends a consumer's queued multicast copies while it has credit.
+    fn pump_consumer(self: &Rc<Self>, c: &Rc<Consumer>) {
+        for _ in 0..100_000 {
+            if c.busy.get() || c.link.credit() == 0 {
+                return;
+            }
+            let Some(msg) = c.mc_waiting.borrow_mut().pop_front() else {
+                return;
+            };
+            if msg.aborted.get() {
+                continue;
+            }
+            self.attach_sink(
+                &msg,
+                Sink::Consumer {
+                    consumer: c.clone(),
+                    delivery: None,
+                },
+            );
         }
     }
 
@@ -702,7 +793,11 @@ impl MessageCore {
     /// `msg` may now go to `sink`: sends the frames received so far (and
     /// later ones as they come, [`MessageCore::frame`]).
     fn attach_sink(self: &Rc<Self>, msg: &Rc<Msg>, mut sink: Sink) {
-        let frames = std::mem::take(&mut *msg.frames.borrow_mut());
+        let frames = if msg.multicast.get() {
+            msg.frames.borrow().clone()
+        } else {
+            std::mem::take(&mut *msg.frames.borrow_mut())
+        };
         let complete = msg.complete.get();
         let n = frames.len();
         if n == 0 && complete {
@@ -779,6 +874,8 @@ impl MessageCore {
                 if msg.settled {
                     msg.forwarded();
                 }
+                let consumer = consumer.clone();
+                self.pump_consumer(&consumer);
                 let address = consumer.address.clone();
                 self.pump_address(&address);
             }
@@ -807,6 +904,9 @@ impl MessageCore {
             msg.complete.set(true);
         }
         let mut sink = msg.sink.borrow_mut().take();
+        if msg.multicast.get() && sink.is_some() {
+            msg.frames.borrow_mut().push(frame.clone());
+        }
         match &mut sink {
             None => msg.frames.borrow_mut().push(frame),
             Some(s) => {
@@ -899,6 +999,7 @@ impl MessageCore {
 
     /// The client gave `consumer` credit.
     pub fn consumer_credit(self: &Rc<Self>, consumer: &Rc<Consumer>) {
+        self.pump_consumer(consumer);
         let a = consumer.address.clone();
         self.pump_address(&a);
     }
