@@ -14,6 +14,10 @@
 //!     .tls("site", env.tls_for("east"));
 //! ```
 //!
+//! AMQP client listeners (`[[listener]]` with `role = "normal"`) are built
+//! with [`ClientListener`] and [`RouterConfig::client_listener`]; PLAIN
+//! credentials go in a users file written with [`users_toml`].
+//!
 //! Keys the router accepts only once link-state routing runs in it
 //! (`[router] advertisement_interval_ms`, `[[address]]` tables) are rendered
 //! only when set, so configs without them stay valid for older binaries.
@@ -62,6 +66,105 @@ pub struct InterRouterConnector {
     pub cost: u32,
     /// TLS profile name (`None` renders no `tls` key: a config error).
     pub tls: Option<String>,
+}
+
+/// A `[[listener]]` with `role = "normal"`: AMQP 1.0 clients. Optional
+/// keys are rendered only when set, so the router's defaults apply
+/// otherwise (no TLS, `sasl_mechanisms = ["ANONYMOUS"]`,
+/// `allow_no_sasl = true`).
+#[derive(Clone, Debug)]
+pub struct ClientListener {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// `tls`: TLS profile name (its certificate; client certificates are
+    /// checked against its CA).
+    pub tls: Option<String>,
+    /// `require_client_cert` (with `tls`).
+    pub require_client_cert: Option<bool>,
+    /// `sasl_mechanisms`, e.g. `["ANONYMOUS", "PLAIN"]`.
+    pub sasl_mechanisms: Option<Vec<String>>,
+    /// `allow_no_sasl`: clients may skip SASL.
+    pub allow_no_sasl: Option<bool>,
+    /// `users_file` (relative to the config's folder), needed for PLAIN.
+    pub users_file: Option<String>,
+}
+
+impl ClientListener {
+    /// A listener on `port` with every optional key left to the default.
+    pub fn new(port: u16) -> ClientListener {
+        ClientListener {
+            port,
+            tls: None,
+            require_client_cert: None,
+            sasl_mechanisms: None,
+            allow_no_sasl: None,
+            users_file: None,
+        }
+    }
+
+    /// TLS with profile `profile`.
+    pub fn tls(mut self, profile: &str) -> Self {
+        self.tls = Some(profile.to_string());
+        self
+    }
+
+    /// `require_client_cert = yes`.
+    pub fn require_client_cert(mut self, yes: bool) -> Self {
+        self.require_client_cert = Some(yes);
+        self
+    }
+
+    /// `sasl_mechanisms = [...]`.
+    pub fn sasl_mechanisms(mut self, mechs: &[&str]) -> Self {
+        self.sasl_mechanisms = Some(mechs.iter().map(|m| m.to_string()).collect());
+        self
+    }
+
+    /// `allow_no_sasl = yes`.
+    pub fn allow_no_sasl(mut self, yes: bool) -> Self {
+        self.allow_no_sasl = Some(yes);
+        self
+    }
+
+    /// `users_file = file` (see [`users_toml`]).
+    pub fn users_file(mut self, file: &str) -> Self {
+        self.users_file = Some(file.to_string());
+        self
+    }
+
+    fn render(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "\n[[listener]]\nrole = \"normal\"\nhost = \"127.0.0.1\"\nport = {}",
+            self.port
+        );
+        if let Some(t) = &self.tls {
+            let _ = writeln!(s, "tls = {}", toml_str(t));
+        }
+        if let Some(v) = self.require_client_cert {
+            let _ = writeln!(s, "require_client_cert = {v}");
+        }
+        if let Some(m) = &self.sasl_mechanisms {
+            let list: Vec<String> = m.iter().map(|m| toml_str(m)).collect();
+            let _ = writeln!(s, "sasl_mechanisms = [{}]", list.join(", "));
+        }
+        if let Some(v) = self.allow_no_sasl {
+            let _ = writeln!(s, "allow_no_sasl = {v}");
+        }
+        if let Some(f) = &self.users_file {
+            let _ = writeln!(s, "users_file = {}", toml_str(f));
+        }
+    }
+}
+
+/// The contents of a `users_file`: `[users]` with one `name = "password"`
+/// line per pair.
+pub fn users_toml(users: &[(&str, &str)]) -> String {
+    let mut s = String::from("[users]\n");
+    for (name, password) in users {
+        let _ = writeln!(s, "{} = {}", toml_key(name), toml_str(password));
+    }
+    s
 }
 
 /// A `[[tcp_listener]]` or `[[tcp_connector]]`.
@@ -121,6 +224,8 @@ pub struct RouterConfig {
     pub flow_window: Option<u64>,
     /// Inter-router listeners.
     pub listeners: Vec<InterRouterListener>,
+    /// AMQP client listeners (`role = "normal"`).
+    pub client_listeners: Vec<ClientListener>,
     /// Inter-router connectors.
     pub connectors: Vec<InterRouterConnector>,
     /// Client-facing TCP listeners.
@@ -143,6 +248,7 @@ impl RouterConfig {
             advertisement_interval_ms: None,
             flow_window: None,
             listeners: Vec::new(),
+            client_listeners: Vec::new(),
             connectors: Vec::new(),
             tcp_listeners: Vec::new(),
             tcp_connectors: Vec::new(),
@@ -157,6 +263,12 @@ impl RouterConfig {
             port,
             tls: Some(tls.to_string()),
         });
+        self
+    }
+
+    /// Adds an AMQP client listener (`role = "normal"`).
+    pub fn client_listener(mut self, listener: ClientListener) -> Self {
+        self.client_listeners.push(listener);
         self
     }
 
@@ -267,6 +379,9 @@ impl RouterConfig {
             if let Some(t) = &l.tls {
                 let _ = writeln!(s, "tls = {}", toml_str(t));
             }
+        }
+        for l in &self.client_listeners {
+            l.render(&mut s);
         }
         for c in &self.connectors {
             let _ = writeln!(
@@ -403,5 +518,31 @@ mod tests {
         assert!(t.contains("[[address]]\nprefix = \"db\"\ndistribution = \"balanced\"\n"));
         // Tables after [tls.*] would be fine TOML, but keep [[address]] first.
         assert!(t.find("[[address]]") < t.find("[tls.site]"));
+    }
+
+    #[test]
+    fn renders_client_listeners() {
+        let t = RouterConfig::new("east")
+            .listener(1, "site")
+            .client_listener(ClientListener::new(5))
+            .client_listener(
+                ClientListener::new(6)
+                    .tls("site")
+                    .require_client_cert(true)
+                    .sasl_mechanisms(&["ANONYMOUS", "PLAIN"])
+                    .allow_no_sasl(false)
+                    .users_file("users.toml"),
+            )
+            .to_toml();
+        assert!(t.contains("[[listener]]\nrole = \"normal\"\nhost = \"127.0.0.1\"\nport = 5\n\n"));
+        assert!(t.contains(
+            "[[listener]]\nrole = \"normal\"\nhost = \"127.0.0.1\"\nport = 6\ntls = \"site\"\n\
+             require_client_cert = true\nsasl_mechanisms = [\"ANONYMOUS\", \"PLAIN\"]\n\
+             allow_no_sasl = false\nusers_file = \"users.toml\"\n"
+        ));
+        assert_eq!(
+            users_toml(&[("alice", "secret"), ("bob smith", "p\"w")]),
+            "[users]\nalice = \"secret\"\n\"bob smith\" = \"p\\\"w\"\n"
+        );
     }
 }

@@ -23,7 +23,9 @@
 //!   recovery probes).
 //! - [`services`]: threaded echo, source/sink and custom TCP services that
 //!   stand for the "real service" behind a `tcp_connector`.
-//! - [`procfs`]: RSS of a process and the file-descriptor limit.
+//! - [`procfs`]: RSS and CPU time of a process, the file-descriptor limit.
+//! - [`proton`]: running the Proton (Python) AMQP client programs of
+//!   `tests/amqp/` with bounded waits and reading their JSON lines.
 //! - [`tlspeer`]: a rustls client/server standing in for a peer router, for
 //!   certificates a real router would refuse to start with.
 //!
@@ -43,6 +45,7 @@ pub mod net;
 pub mod network;
 pub mod pair;
 pub mod procfs;
+pub mod proton;
 pub mod relay;
 pub mod router;
 pub mod services;
@@ -52,7 +55,7 @@ use std::path::Path;
 
 pub use binary::Tether;
 pub use certs::{Certs, LeafFiles};
-pub use config::{Distribution, RouterConfig, TlsProfile};
+pub use config::{ClientListener, Distribution, RouterConfig, TlsProfile};
 pub use net::{free_port, wait_until_connectable};
 pub use network::{Network, NetworkSpec};
 pub use pair::{Pair, PairSpec};

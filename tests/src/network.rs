@@ -17,12 +17,17 @@
 //!   [`NetworkSpec::timers`], [`NetworkSpec::advertisement_interval`],
 //!   or any edit of one config with [`NetworkSpec::configure`];
 //! - [`NetworkSpec::wait_client`]: a client port that must accept before
-//!   [`Network::start`] returns.
+//!   [`Network::start`] returns;
+//! - [`NetworkSpec::amqp`] / [`NetworkSpec::amqp_everywhere`]: an AMQP
+//!   client listener (`role = "normal"`, defaults) on a fresh port, and
+//!   [`NetworkSpec::amqp_with`] for a named one with TLS or SASL settings
+//!   ([`Network::amqp_port`], [`Network::amqp_port_named`]).
 //!
 //! [`Network::start`] starts the relays and the routers (in the order they
 //! were named), waits (bounded) until both ends of every link log
 //! `link up` naming the other, then until every client port given to
-//! `wait_client` accepts. Failures panic with every router's log tail.
+//! `wait_client` and every AMQP port accepts. Failures panic with every
+//! router's log tail.
 //!
 //! A running [`Network`] hands out its routers, relays and client ports by
 //! name, observes routes ([`Network::wait_route`]), and changes a link's
@@ -31,7 +36,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{Distribution, RouterConfig};
+use crate::config::{ClientListener, Distribution, RouterConfig};
 use crate::net::free_port;
 use crate::relay::Relay;
 use crate::router::{describe, wait_connectable, RouteLine, RouterProc};
@@ -65,6 +70,17 @@ struct ClientPort {
     port: u16,
 }
 
+/// The name [`NetworkSpec::amqp`] gives a router's AMQP client listener.
+pub const DEFAULT_AMQP: &str = "amqp";
+
+/// An AMQP client listener: `name` on `router`.
+#[derive(Clone, Debug)]
+struct AmqpPort {
+    router: String,
+    name: String,
+    port: u16,
+}
+
 /// Configs, links and ports of a network before it starts (see the module
 /// docs). Methods naming an unknown router panic.
 pub struct NetworkSpec {
@@ -73,6 +89,7 @@ pub struct NetworkSpec {
     links: Vec<LinkSpec>,
     clients: Vec<ClientPort>,
     wait_clients: Vec<u16>,
+    amqp: Vec<AmqpPort>,
     ready_timeout: Duration,
 }
 
@@ -101,6 +118,7 @@ impl NetworkSpec {
             links: Vec::new(),
             clients: Vec::new(),
             wait_clients: Vec::new(),
+            amqp: Vec::new(),
             ready_timeout: READY_TIMEOUT,
         }
     }
@@ -154,6 +172,54 @@ impl NetworkSpec {
     /// A `tcp_connector` for `address` on `router` to 127.0.0.1:`port`.
     pub fn tcp_connector(self, router: &str, address: &str, port: u16) -> NetworkSpec {
         self.configure(router, |c| c.tcp_connector(address, port))
+    }
+
+    /// An AMQP client listener with the router's defaults (no TLS, SASL
+    /// ANONYMOUS or none) on `router`, on a fresh port, named
+    /// [`DEFAULT_AMQP`] ([`Network::amqp_port`]).
+    pub fn amqp(self, router: &str) -> NetworkSpec {
+        self.amqp_with(router, DEFAULT_AMQP, |l| l)
+    }
+
+    /// [`NetworkSpec::amqp`] on every router.
+    pub fn amqp_everywhere(self) -> NetworkSpec {
+        let names: Vec<String> = self.routers.iter().map(|r| r.id.clone()).collect();
+        names.iter().fold(self, |spec, n| spec.amqp(n))
+    }
+
+    /// An AMQP client listener on `router` on a fresh port, called `name`
+    /// ([`Network::amqp_port_named`]), with settings from `f` (e.g.
+    /// `|l| l.tls("site").require_client_cert(true)`; the TLS profile
+    /// every router has is `site`).
+    pub fn amqp_with(
+        mut self,
+        router: &str,
+        name: &str,
+        f: impl FnOnce(ClientListener) -> ClientListener,
+    ) -> NetworkSpec {
+        assert!(
+            !self
+                .amqp
+                .iter()
+                .any(|a| a.router == router && a.name == name),
+            "{router} has an AMQP listener called {name} already"
+        );
+        let port = free_port();
+        let listener = f(ClientListener::new(port));
+        assert_eq!(listener.port, port, "keep the port the network chose");
+        let i = self.index(router);
+        self.routers[i] = self.routers[i].clone().client_listener(listener);
+        self.amqp.push(AmqpPort {
+            router: router.to_string(),
+            name: name.to_string(),
+            port,
+        });
+        self
+    }
+
+    /// The port of `router`'s AMQP listener called `name`.
+    pub fn amqp_port_named(&self, router: &str, name: &str) -> u16 {
+        amqp_port(&self.amqp, router, name)
     }
 
     /// An `[[address]]` table on every router.
@@ -245,6 +311,7 @@ pub struct Network {
     configs: Vec<RouterConfig>,
     links: Vec<Link>,
     clients: Vec<ClientPort>,
+    amqp: Vec<AmqpPort>,
 }
 
 impl Network {
@@ -283,10 +350,12 @@ impl Network {
             configs,
             links,
             clients: spec.clients,
+            amqp: spec.amqp,
         };
         let started = Instant::now();
         net.check(net.wait_links_up(0, spec.ready_timeout));
-        for &port in &spec.wait_clients {
+        let amqp_ports = net.amqp.iter().map(|a| a.port);
+        for port in spec.wait_clients.iter().copied().chain(amqp_ports) {
             let left = spec
                 .ready_timeout
                 .saturating_sub(started.elapsed())
@@ -362,6 +431,17 @@ impl Network {
     /// The client port of `router`'s tcp_listener for `address`.
     pub fn client_port(&self, router: &str, address: &str) -> u16 {
         client_port(&self.clients, router, address)
+    }
+
+    /// The port of `router`'s AMQP listener added by [`NetworkSpec::amqp`].
+    pub fn amqp_port(&self, router: &str) -> u16 {
+        amqp_port(&self.amqp, router, DEFAULT_AMQP)
+    }
+
+    /// The port of `router`'s AMQP listener called `name`
+    /// ([`NetworkSpec::amqp_with`]).
+    pub fn amqp_port_named(&self, router: &str, name: &str) -> u16 {
+        amqp_port(&self.amqp, router, name)
     }
 
     /// [`wait_connectable`] for `router`'s client port for `address`.
@@ -454,6 +534,13 @@ fn client_port(clients: &[ClientPort], router: &str, address: &str) -> u16 {
         .unwrap_or_else(|| panic!("{router} has no tcp_listener for {address}"))
 }
 
+fn amqp_port(amqp: &[AmqpPort], router: &str, name: &str) -> u16 {
+    amqp.iter()
+        .find(|a| a.router == router && a.name == name)
+        .map(|a| a.port)
+        .unwrap_or_else(|| panic!("{router} has no AMQP listener called {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,5 +567,26 @@ mod tests {
         // Connectors are added at start (a relay's port is known only then).
         assert!(east.connectors.is_empty());
         assert_ne!(hub_port, client);
+    }
+
+    #[test]
+    fn spec_adds_amqp_listeners() {
+        let env = TestEnv::new("network-spec-amqp");
+        let spec = NetworkSpec::new(&env, &["east", "west"])
+            .amqp_everywhere()
+            .amqp_with("west", "tls", |l| l.tls("site").require_client_cert(true));
+        let east = &spec.routers[0];
+        let west = &spec.routers[1];
+        assert_eq!(east.client_listeners.len(), 1);
+        assert_eq!(west.client_listeners.len(), 2);
+        assert_eq!(
+            west.client_listeners[0].port,
+            spec.amqp_port_named("west", DEFAULT_AMQP)
+        );
+        let tls = &west.client_listeners[1];
+        assert_eq!(tls.port, spec.amqp_port_named("west", "tls"));
+        assert_eq!(tls.tls.as_deref(), Some("site"));
+        assert_eq!(tls.require_client_cert, Some(true));
+        assert!(east.client_listeners[0].tls.is_none());
     }
 }

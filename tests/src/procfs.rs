@@ -1,7 +1,8 @@
 //! Process facts from Linux `/proc` and resource limits.
 //!
 //! [`rss_kib`] reads `VmRSS` from `/proc/PID/status`: the memory bound
-//! checks of the flow-window and concurrency tests use it. [`raise_nofile`]
+//! checks of the flow-window and concurrency tests use it. [`cpu_time`]
+//! reads user + system CPU time from `/proc/PID/stat`. [`raise_nofile`]
 //! lifts this process's open-file soft limit (children inherit it) before a
 //! test opens thousands of sockets.
 
@@ -25,6 +26,24 @@ pub fn threads(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// User + system CPU time `pid` has used so far (`utime` + `stime` of
+/// `/proc/PID/stat`), or `None` if the process is gone.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count fields from the last ')'. utime and stime are fields 14, 15.
+    let rest = &s[s.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as u64 } else { 100 };
+    Some(std::time::Duration::from_nanos(
+        (utime + stime).saturating_mul(1_000_000_000) / ticks,
+    ))
 }
 
 fn status_field_kib(pid: u32, field: &str) -> Option<u64> {
@@ -66,5 +85,23 @@ pub fn signal(pid: u32, sig: i32) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_facts() {
+        let me = std::process::id();
+        assert!(rss_kib(me).is_some_and(|k| k > 0));
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1, "keep the loop");
+        assert!(cpu_time(me).is_some());
+        assert!(cpu_time(u32::MAX).is_none());
     }
 }
