@@ -234,7 +234,8 @@ impl Router {
                     tracing::info!("router {router} unreachable")
                 }
                 Event::AddressChanged { address } => {
-                    self.messages.address_changed(&address);
+                    let reachable = !self.engine.borrow().destinations(&address).is_empty();
+                    self.messages.address_changed(&address, reachable);
                     addresses_changed = true;
                 }
                 _ => {}

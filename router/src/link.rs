@@ -467,6 +467,8 @@ impl Link {
                 match ep {
                     Some(Endpoint::Flow(flow, dir)) => flow.on_detach(dir, err),
                     Some(Endpoint::Relay(relay, leg, dir)) => relay.on_detach(leg, dir, err),
+                    Some(Endpoint::MsgOut(out)) => self.router.messages.out_detached(&out),
+                    Some(Endpoint::MsgIn(m)) => self.router.messages.in_detached(&m),
                     _ => {}
                 }
                 Ok(())

@@ -331,6 +331,10 @@ pub struct MsgOut {
     pending: RefCell<VecDeque<Rc<Msg>>>,
     /// The delivery in progress (multi-frame).
     busy: Cell<bool>,
+    /// Deliveries sent and not yet settled by the peer.
+    unsettled: Cell<u32>,
+    /// We sent our Detach (the link is closing).
+    detached: Cell<bool>,
 }
 
 /// An inter-router link we receive messages for one (address, egress) on.
@@ -347,6 +351,10 @@ pub struct MsgIn {
     current: RefCell<Option<Rc<Msg>>>,
 }
 
+/// A delivery sent on an inter-router link, awaiting its outcome: the
+/// message and the out link it went on.
+type InFlight = (Rc<Msg>, Rc<MsgOut>);
+
 /// The router's messaging state. See the module documentation.
 pub struct MessageCore {
     pub router_id: String,
@@ -357,7 +365,7 @@ pub struct MessageCore {
     outs: RefCell<HashMap<(u64, String, String), Rc<MsgOut>>>,
     /// Deliveries sent on inter-router links awaiting an outcome, per
     /// (link id, delivery id).
-    in_flight: RefCell<HashMap<(u64, u32), Rc<Msg>>>,
+    in_flight: RefCell<HashMap<(u64, u32), InFlight>>,
     next_dynamic: Cell<u64>,
     turns: RefCell<HashMap<String, usize>>,
     /// Client senders per address, told when reachability changes.
@@ -416,10 +424,13 @@ impl MessageCore {
     }
 
     /// The routing engine's offers for an engine address changed.
-    pub fn address_changed(&self, engine_address: &str) {
+    pub fn address_changed(&self, engine_address: &str, reachable: bool) {
         let Some(address) = engine_address.strip_prefix(CLASS_MESSAGE) else {
             return;
         };
+        if !reachable {
+            self.close_idle_outs(address);
+        }
         let senders: Vec<Rc<dyn SenderLink>> = {
             let mut m = self.senders.borrow_mut();
             let Some(v) = m.get_mut(address) else {
@@ -435,6 +446,53 @@ impl MessageCore {
         for s in senders {
             s.refresh();
         }
+    }
+
+    /// Detaches the out links of an address nobody offers any more that
+    /// have nothing queued or unsettled (dynamic reply addresses come and
+    /// go; their links must not pile up).
+    fn close_idle_outs(&self, address: &str) {
+        let idle: Vec<Rc<MsgOut>> = self
+            .outs
+            .borrow()
+            .values()
+            .filter(|o| {
+                o.address == address
+                    && o.pending.borrow().is_empty()
+                    && o.unsettled.get() == 0
+                    && !o.busy.get()
+            })
+            .cloned()
+            .collect();
+        for o in idle {
+            self.outs
+                .borrow_mut()
+                .remove(&(o.link.id, o.address.clone(), o.egress.clone()));
+            if !o.detached.replace(true) && !o.link.is_down() {
+                tracing::debug!(address = %o.address, egress = %o.egress, "closing idle message link");
+                o.link.send_detach(o.handle, None);
+            }
+        }
+    }
+
+    /// The peer detached one of our out links (or answered our Detach).
+    pub fn out_detached(self: &Rc<Self>, out: &Rc<MsgOut>) {
+        if !out.detached.replace(true) && !out.link.is_down() {
+            out.link.send_detach(out.handle, None);
+        }
+        self.out_lost(out);
+        out.link.unregister(out.key);
+        out.link.release_handle(out.handle);
+    }
+
+    /// The peer detached a message link we receive on.
+    pub fn in_detached(self: &Rc<Self>, msg_in: &Rc<MsgIn>) {
+        self.in_lost(msg_in);
+        if !msg_in.link.is_down() {
+            msg_in.link.send_detach(msg_in.handle, None);
+        }
+        msg_in.link.unregister(msg_in.key);
+        msg_in.link.release_handle(msg_in.handle);
     }
 
     /// Refuses a message at once (see [`MessageCore::route`] with no target).
@@ -749,6 +807,8 @@ impl MessageCore {
             delivery_count: Cell::new(0),
             pending: RefCell::new(VecDeque::new()),
             busy: Cell::new(false),
+            unsettled: Cell::new(0),
+            detached: Cell::new(false),
         });
         let name = format!("{}/m/{}", self.router_id, out.key);
         link.register(out.key, FlowRef::MsgOut(out.clone()));
@@ -767,7 +827,7 @@ impl MessageCore {
     /// Sends what the out link's credit allows.
     pub fn pump_out(self: &Rc<Self>, out: &Rc<MsgOut>) {
         for _ in 0..100_000 {
-            if out.busy.get() || out.credit.get() == 0 || out.link.is_down() {
+            if out.busy.get() || out.credit.get() == 0 || out.link.is_down() || out.detached.get() {
                 return;
             }
             let Some(msg) = out.pending.borrow_mut().pop_front() else {
@@ -851,9 +911,10 @@ impl MessageCore {
                 out.link
                     .with_out(|buf: &mut BytesMut| encode_transfer(buf, 0, &t, frame));
                 if first && !msg.settled {
+                    out.unsettled.set(out.unsettled.get() + 1);
                     self.in_flight
                         .borrow_mut()
-                        .insert((out.link.id, *delivery_id), msg.clone());
+                        .insert((out.link.id, *delivery_id), (msg.clone(), out.clone()));
                 }
                 out.busy.set(more);
             }
@@ -963,9 +1024,13 @@ impl MessageCore {
                     out.link
                         .with_out(|b: &mut BytesMut| encode_transfer(b, 0, &t, &[]));
                 }
-                self.in_flight
+                if let Some((_, o)) = self
+                    .in_flight
                     .borrow_mut()
-                    .remove(&(out.link.id, *delivery_id));
+                    .remove(&(out.link.id, *delivery_id))
+                {
+                    o.unsettled.set(o.unsettled.get().saturating_sub(1));
+                }
                 out.busy.set(false);
                 let _ = msg;
                 let out = out.clone();
@@ -1014,8 +1079,9 @@ impl MessageCore {
         // Bounded: at most the deliveries we have in flight on this link.
         let mut id = d.first;
         for _ in 0..=(last.wrapping_sub(d.first)).min(1 << 20) {
-            let msg = self.in_flight.borrow_mut().remove(&(link.id, id));
-            if let Some(msg) = msg {
+            let entry = self.in_flight.borrow_mut().remove(&(link.id, id));
+            if let Some((msg, out)) = entry {
+                out.unsettled.set(out.unsettled.get().saturating_sub(1));
                 msg.copy_outcome(self, state.clone());
             }
             id = id.wrapping_add(1);
@@ -1135,18 +1201,31 @@ impl MessageCore {
     /// An inter-router link went down: deliveries in flight on it get
     /// `modified` upstream, those queued for it `released`.
     pub fn out_lost(self: &Rc<Self>, out: &Rc<MsgOut>) {
-        self.outs
-            .borrow_mut()
-            .remove(&(out.link.id, out.address.clone(), out.egress.clone()));
+        {
+            let key = (out.link.id, out.address.clone(), out.egress.clone());
+            let mut outs = self.outs.borrow_mut();
+            // A newer out link for the same key may have replaced this one.
+            if outs.get(&key).is_some_and(|o| Rc::ptr_eq(o, out)) {
+                outs.remove(&key);
+            }
+        }
         let pending: Vec<Rc<Msg>> = out.pending.borrow_mut().drain(..).collect();
         for m in pending {
             self.refuse(&m, released());
         }
         let lost: Vec<Rc<Msg>> = {
             let mut f = self.in_flight.borrow_mut();
-            let keys: Vec<(u64, u32)> = f.keys().filter(|k| k.0 == out.link.id).copied().collect();
-            keys.into_iter().filter_map(|k| f.remove(&k)).collect()
+            let keys: Vec<(u64, u32)> = f
+                .iter()
+                .filter(|(k, (_, o))| k.0 == out.link.id && Rc::ptr_eq(o, out))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| f.remove(&k))
+                .map(|(m, _)| m)
+                .collect()
         };
+        out.unsettled.set(0);
         for m in lost {
             m.copy_outcome(self, modified_failed());
         }
