@@ -138,8 +138,12 @@ pub struct Msg {
     combined: RefCell<Option<DeliveryState>>,
     /// Counted against (address, egress) for balancing.
     egress: RefCell<Option<String>>,
-    /// The sender's credit was given back (pre-settled: once).
-    forwarded_once: Cell<bool>,
+    /// Copies that have not left this router yet; when the last one
+    /// leaves, the credit it used comes back (see [`Msg::left`]).
+    to_leave: Cell<u32>,
+    left_once: Cell<bool>,
+    /// The inter-router link it came in on, if any (its credit).
+    source_in: RefCell<Option<Rc<MsgIn>>>,
 }
 
 /// Where a message's frames go once it has credit.
@@ -178,7 +182,9 @@ impl Msg {
             copies: Cell::new(0),
             combined: RefCell::new(None),
             egress: RefCell::new(None),
-            forwarded_once: Cell::new(false),
+            to_leave: Cell::new(1),
+            left_once: Cell::new(false),
+            source_in: RefCell::new(None),
         })
     }
 
@@ -232,17 +238,22 @@ impl Msg {
         }
     }
 
-    /// The message left this router pre-settled (or will get no outcome
-    /// from downstream): tell a client sender its credit is free.
-    fn forwarded(&self) {
-        if !self.settled {
+    /// One copy left this router (sent on, or given up). When the last
+    /// has, the credit the message used upstream comes back: the
+    /// inter-router link's it came on, or a client sender's for a
+    /// pre-settled message (an unsettled one holds its sender's credit
+    /// until the outcome). So each hop holds at most its window, and the
+    /// slowest consumer of a multicast message paces the sender.
+    fn left(&self, core: &MessageCore) {
+        let left = self.to_leave.get().saturating_sub(1);
+        self.to_leave.set(left);
+        if left > 0 || self.left_once.replace(true) {
             return;
         }
-        // Multicast: the credit comes back when the last copy has left, so
-        // the slowest consumer paces the sender (back-pressure, no drops).
-        let left = self.copies.get().saturating_sub(1);
-        self.copies.set(left);
-        if left == 0 && !self.forwarded_once.replace(true) {
+        if let Some(mi) = self.source_in.borrow_mut().take() {
+            core.in_credit_back(&mi);
+        }
+        if self.settled {
             if let Upstream::Client { inlink, .. } = &*self.upstream.borrow() {
                 inlink.forwarded();
             }
@@ -345,7 +356,8 @@ pub struct MsgIn {
     pub address: String,
     pub egress: String,
     received: Cell<u32>,
-    outstanding: Cell<u32>,
+    /// Messages that have left this router (their credit is free).
+    returned: Cell<u32>,
     owed: Cell<u32>,
     /// The delivery whose frames are arriving.
     current: RefCell<Option<Rc<Msg>>>,
@@ -597,11 +609,11 @@ impl MessageCore {
         msg.aborted.set(true);
         if msg.settled {
             self.stats.borrow_mut().dropped += 1;
-            msg.forwarded();
         } else {
             self.stats.borrow_mut().refused += 1;
             msg.copy_outcome(self, state);
         }
+        msg.left(self);
     }
 
     /// A new message entered this router (its first frame is in `msg`'s
@@ -620,6 +632,7 @@ impl MessageCore {
             return;
         }
         msg.copies.set(targets.len() as u32);
+        msg.to_leave.set(targets.len() as u32);
         if !msg.settled && targets.len() == 1 {
             let egress = match &targets[0] {
                 Dest::Local | Dest::LocalAll => self.router_id.clone(),
@@ -657,6 +670,8 @@ impl MessageCore {
         }
         msg.copies
             .set(msg.copies.get() + consumers.len() as u32 - 1);
+        msg.to_leave
+            .set(msg.to_leave.get() + consumers.len() as u32 - 1);
         for c in consumers {
             let full = c.mc_waiting.borrow().len() >= MULTICAST_QUEUE;
             if full {
@@ -672,11 +687,11 @@ impl MessageCore {
     fn copy_refused(&self, msg: &Rc<Msg>) {
         if msg.settled {
             self.stats.borrow_mut().dropped += 1;
-            msg.forwarded();
         } else {
             self.stats.borrow_mut().refused += 1;
             msg.copy_outcome(self, released());
         }
+        msg.left(self);
     }
 
     /// Sends a consumer's queued multicast copies while it has credit.
@@ -932,9 +947,7 @@ impl MessageCore {
             Sink::Consumer { consumer, .. } => {
                 self.stats.borrow_mut().delivered += 1;
                 consumer.busy.set(false);
-                if msg.settled {
-                    msg.forwarded();
-                }
+                msg.left(self);
                 let consumer = consumer.clone();
                 self.pump_consumer(&consumer);
                 let address = consumer.address.clone();
@@ -942,9 +955,7 @@ impl MessageCore {
             }
             Sink::Router { out, .. } => {
                 out.busy.set(false);
-                if msg.settled {
-                    msg.forwarded();
-                }
+                msg.left(self);
                 let out = out.clone();
                 self.pump_out(&out);
             }
@@ -998,6 +1009,9 @@ impl MessageCore {
             self.abort_sink(msg, &s);
         }
         msg.frames.borrow_mut().clear();
+        // Whatever was still to go will not: its credit comes back.
+        msg.to_leave.set(1);
+        msg.left(self);
         let _ = std::mem::replace(&mut *msg.upstream.borrow_mut(), Upstream::None);
     }
 
@@ -1111,7 +1125,7 @@ impl MessageCore {
             address: address.clone(),
             egress,
             received: Cell::new(0),
-            outstanding: Cell::new(0),
+            returned: Cell::new(0),
             owed: Cell::new(0),
             current: RefCell::new(None),
         });
@@ -1172,29 +1186,34 @@ impl MessageCore {
             *msg_in.current.borrow_mut() = Some(msg.clone());
         }
         let targets = targets(&msg_in.address, &msg_in.egress);
+        // Its credit comes back when it has left this router (Msg::left).
+        *msg.source_in.borrow_mut() = Some(msg_in.clone());
         self.route(&msg, targets);
-        // The credit comes back at once: what this hop holds is bounded by
-        // the window of the next (queues per out link and per address are
-        // fed only by windows upstream).
+    }
+
+    /// A message that came in on `msg_in` has left this router: return its
+    /// credit, at once when a quarter window is owed, otherwise with the
+    /// link's next write.
+    fn in_credit_back(&self, msg_in: &Rc<MsgIn>) {
+        msg_in.returned.set(msg_in.returned.get().wrapping_add(1));
         let owed = msg_in.owed.get() + 1;
+        msg_in.owed.set(owed);
         if owed >= (MSG_WINDOW / 4).max(1) {
-            msg_in.owed.set(0);
-            msg_in
-                .link
-                .send_credit(msg_in.handle, msg_in.received.get(), MSG_WINDOW);
-        } else {
-            msg_in.owed.set(owed);
+            self.flush_in_credit(msg_in);
+        } else if owed == 1 {
             msg_in.link.defer_credit(FlowRef::MsgIn(msg_in.clone()));
         }
-        let _ = msg_in.outstanding.get();
     }
 
     /// Sends the credit owed on an in link (deferred to the link's next write).
     pub fn flush_in_credit(&self, msg_in: &Rc<MsgIn>) {
         if msg_in.owed.replace(0) > 0 && !msg_in.link.is_down() {
-            msg_in
-                .link
-                .send_credit(msg_in.handle, msg_in.received.get(), MSG_WINDOW);
+            let held = msg_in.received.get().wrapping_sub(msg_in.returned.get());
+            msg_in.link.send_credit(
+                msg_in.handle,
+                msg_in.received.get(),
+                MSG_WINDOW.saturating_sub(held),
+            );
         }
     }
 
@@ -1211,7 +1230,7 @@ impl MessageCore {
         }
         let pending: Vec<Rc<Msg>> = out.pending.borrow_mut().drain(..).collect();
         for m in pending {
-            self.refuse(&m, released());
+            self.copy_refused(&m);
         }
         let lost: Vec<Rc<Msg>> = {
             let mut f = self.in_flight.borrow_mut();
