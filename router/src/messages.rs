@@ -29,7 +29,8 @@
 //!   next hop). So each hop holds at most a window per address and egress.
 //! - A congested router applies back-pressure; it never drops. Messages
 //!   are dropped only when nothing can take them (no route, consumers
-//!   gone): pre-settled ones are counted in [`MessageStats::dropped`],
+//!   gone): pre-settled ones are counted in [`MessageStats::dropped`] (and
+//!   logged: the first, then every 1000th),
 //!   unsettled ones are released (or rejected `amqp:not-found` for an
 //!   address nobody offers).
 //!
@@ -507,6 +508,20 @@ impl MessageCore {
         msg_in.link.release_handle(msg_in.handle);
     }
 
+    /// Counts a pre-settled message nobody could take, and says so in the
+    /// log: the first drop, then every 1000th (a flood must not flood the
+    /// log too).
+    fn count_drop(&self, address: &str) {
+        let n = {
+            let mut st = self.stats.borrow_mut();
+            st.dropped += 1;
+            st.dropped
+        };
+        if n == 1 || n % 1000 == 0 {
+            tracing::warn!(%address, dropped_total = n, "dropped a pre-settled message: no consumer can take it");
+        }
+    }
+
     /// Refuses a message at once (see [`MessageCore::route`] with no target).
     pub fn refuse_now(&self, msg: &Rc<Msg>, state: DeliveryState) {
         self.refuse(msg, state);
@@ -608,7 +623,7 @@ impl MessageCore {
     fn refuse(&self, msg: &Rc<Msg>, state: DeliveryState) {
         msg.aborted.set(true);
         if msg.settled {
-            self.stats.borrow_mut().dropped += 1;
+            self.count_drop(&msg.address);
         } else {
             self.stats.borrow_mut().refused += 1;
             msg.copy_outcome(self, state);
@@ -686,7 +701,7 @@ impl MessageCore {
     /// One multicast copy could not be delivered.
     fn copy_refused(&self, msg: &Rc<Msg>) {
         if msg.settled {
-            self.stats.borrow_mut().dropped += 1;
+            self.count_drop(&msg.address);
         } else {
             self.stats.borrow_mut().refused += 1;
             msg.copy_outcome(self, released());
