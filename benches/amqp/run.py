@@ -37,7 +37,6 @@ Python 3 standard library only (the Python fallback needs proton).
 import argparse
 import json
 import os
-import re
 import resource
 import selectors
 import shutil
@@ -50,6 +49,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # benches/, for common.py
+import common  # noqa: E402
+
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 DEFAULT_TETHER = os.path.join(REPO, "target", "release", "tether")
 SCRIPTS = os.path.join(REPO, "tests", "amqp")
@@ -100,30 +102,12 @@ def free_port():
 
 
 def wait_log(path, pattern, timeout, proc):
-    rx = re.compile(pattern, re.IGNORECASE)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with open(path, errors="replace") as f:
-                if any(rx.search(line) for line in f):
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"router exited before /{pattern}/, see {path}")
-        time.sleep(0.05)
-    raise RuntimeError(f"no /{pattern}/ in {path} within {timeout}s")
+    common.wait_log(path, pattern, timeout, proc, who="router")
 
 
 def wait_connectable(port, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"127.0.0.1:{port} did not accept within {timeout}s")
+    if not common.wait_connectable(port, timeout):
+        raise RuntimeError(f"127.0.0.1:{port} did not accept within {timeout}s")
 
 
 def cpu_seconds(pid):

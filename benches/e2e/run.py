@@ -33,10 +33,8 @@ import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # benches/, for common.py
+from common import (Procs, children_of, free_port, raise_on_signals, tail,  # noqa: E402
+                    wait_connectable, wait_log)
+
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 DEFAULT_TETHER = os.path.join(REPO, "target", "release", "tether")
 DEFAULT_PERFANCHOR = os.path.abspath(os.path.join(REPO, "..", "shared", "tools", "perfanchor.py"))
@@ -56,136 +58,8 @@ def log(msg):
 
 
 # --------------------------------------------------------------------------
-# processes: started here, always killed by PID
-# --------------------------------------------------------------------------
-
-def _children_of(pid):
-    """PIDs of all descendants of pid (from /proc), best effort."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                raw = f.read()
-            ppid = int(raw[raw.rfind(b")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        table.setdefault(ppid, []).append(int(name))
-    out, todo = [], [pid]
-    for _ in range(100000):
-        if not todo:
-            break
-        p = todo.pop()
-        for c in table.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-class Procs:
-    """Every process this script starts; cleanup() kills each by PID."""
-
-    def __init__(self):
-        self.procs = []  # (name, Popen, log file or None)
-
-    def start(self, name, argv, log_path=None, **kw):
-        logf = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
-                             stderr=logf, **kw)
-        self.procs.append((name, p, logf if log_path else None))
-        log(f"started {name} pid {p.pid}: {' '.join(argv)}")
-        return p
-
-    def cleanup(self):
-        # Collect descendants first (a forking socat), then signal each PID.
-        victims = []
-        for name, p, _ in self.procs:
-            if p.poll() is None:
-                victims.append(p.pid)
-                victims.extend(_children_of(p.pid))
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        for name, p, _ in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for name, p, logf in self.procs:
-            try:
-                p.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                log(f"warning: {name} pid {p.pid} did not exit")
-            if logf:
-                logf.close()
-        self.procs = []
-
-
-# --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
-
-def free_port(taken):
-    """A free 127.0.0.1 port not in `taken`, preferably below the ephemeral
-    range (so outgoing connections cannot grab it meanwhile)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo_eph = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        lo_eph = 32768
-    start = 20000 + (os.getpid() * 7919) % max(1, lo_eph - 20000 - 1000)
-    candidates = list(range(start, lo_eph)) + list(range(20000, start))
-    for port in candidates[:5000]:
-        if port in taken:
-            continue
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        taken.add(port)
-        return port
-    raise SystemExit("no free port found")
-
-
-def wait_log(path, pattern, timeout, proc):
-    """Wait (bounded) until the log at path has a line matching pattern."""
-    rx = re.compile(pattern, re.IGNORECASE)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with open(path, "r", errors="replace") as f:
-                for line in f:
-                    if rx.search(line):
-                        return line.strip()
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}) before logging /{pattern}/; "
-                               f"see {path}:\n{tail(path)}")
-        time.sleep(0.05)
-    raise RuntimeError(f"no /{pattern}/ in {path} within {timeout}s:\n{tail(path)}")
-
-
-def tail(path, n=20):
-    try:
-        with open(path, "r", errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-    except OSError:
-        return "(no log)"
-
 
 def cpu_list():
     return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
@@ -194,7 +68,7 @@ def cpu_list():
 def pin(pids, cpus):
     """taskset -a -cp CPUS PID for each PID and its descendants (all threads)."""
     for pid in pids:
-        for p in [pid] + _children_of(pid):
+        for p in [pid] + children_of(pid):
             subprocess.run(["taskset", "-a", "-cp", cpus, str(p)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=10, check=False)
@@ -339,17 +213,6 @@ backend be
     return port, [p.pid]
 
 
-def wait_listening(port, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
@@ -457,12 +320,8 @@ def main():
             log(f"{tool} not installed: skipping that path (apt-get install {tool})")
             wanted.remove(tool)
 
-    procs = Procs()
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    procs = Procs(log, grace=5.0, tree=True, announce=True)
+    raise_on_signals()
 
     work = tempfile.mkdtemp(prefix="tether-e2e-")
     all_cpus = cpu_list()
@@ -482,7 +341,7 @@ def main():
         if "haproxy" in wanted:
             targets["haproxy"] = start_haproxy(procs, work, backend, taken)
         for name in ("socat", "haproxy"):
-            if name in targets and not wait_listening(targets[name][0], 10):
+            if name in targets and not wait_connectable(targets[name][0], 10):
                 log(f"{name} did not listen, skipping it:\n{tail(os.path.join(work, name + '.log'))}")
                 del targets[name]
 
@@ -525,7 +384,7 @@ def main():
         # No second signal may interrupt the cleanup.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        procs.cleanup()
+        procs.stop()
         if args.keep:
             log(f"work folder kept: {work}")
         else:

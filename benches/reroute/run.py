@@ -54,6 +54,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # benches/, for common.py
+import common  # noqa: E402
+from common import Procs, raise_on_signals, tail  # noqa: E402
+
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 DEFAULT_TETHER = os.path.join(REPO, "target", "release", "tether")
 ROUTERS = ("east", "hub", "west")
@@ -71,120 +75,16 @@ def log(msg):
     print(f"[reroute] {msg}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------
-# processes: started here, always killed by PID
-# --------------------------------------------------------------------------
-
-class Procs:
-    """Every process this script starts; stop() kills each by PID."""
-
-    def __init__(self):
-        self.procs = []  # (name, Popen, log file)
-
-    def start(self, name, argv, log_path, **kw):
-        logf = open(log_path, "ab")
-        try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, **kw)
-        except OSError:
-            logf.close()
-            raise
-        self.procs.append((name, p, logf))
-        return p
-
-    def stop(self):
-        for _name, p, _ in self.procs:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 3
-        for _name, p, _ in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for name, p, logf in self.procs:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                try:
-                    p.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    log(f"warning: {name} pid {p.pid} did not exit")
-            logf.close()
-        self.procs = []
-
-
-# --------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------
-
 def free_port(taken):
-    """A free 127.0.0.1 port not in `taken`, preferably below the ephemeral
-    range (so outgoing connections cannot grab it meanwhile)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo_eph = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        lo_eph = 32768
-    span = max(1, lo_eph - 20000 - 1000)
-    start = 20000 + (os.getpid() * 7919 + len(taken) * 104729) % span
-    candidates = list(range(start, lo_eph)) + list(range(20000, start))
-    for port in candidates[:5000]:
-        if port in taken:
-            continue
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        taken.add(port)
-        return port
-    raise SystemExit("no free port found")
-
-
-def tail(path, n=20):
-    try:
-        with open(path, "r", errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-    except OSError:
-        return "(no log)"
+    return common.free_port(taken, stride=104729)
 
 
 def wait_log(path, pattern, timeout, proc):
-    """Wait (bounded) until the log at path has a line matching pattern."""
-    rx = re.compile(pattern, re.IGNORECASE)
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with open(path, "r", errors="replace") as f:
-                for line in f:
-                    if rx.search(line):
-                        return line.strip()
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"router exited ({proc.returncode}) before logging /{pattern}/; "
-                               f"see {path}:\n{tail(path)}")
-        time.sleep(0.025)
-    raise RuntimeError(f"no /{pattern}/ in {path} within {timeout}s:\n{tail(path)}")
+    return common.wait_log(path, pattern, timeout, proc, who="router", poll=0.025)
 
 
 def wait_connectable(port, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.025)
-    return False
+    return common.wait_connectable(port, timeout, poll=0.025)
 
 
 # --------------------------------------------------------------------------
@@ -537,7 +437,7 @@ def run_once(args, work, tag, mode, timers, echo, taken):
     """Starts the triangle, breaks the direct link (`mode` is "closed" or
     "silent") and returns the seconds to the first new flow (None: no
     recovery within the limit)."""
-    procs = Procs()
+    procs = Procs(log)
     relay = None
     try:
         listen = {n: free_port(taken) for n in ROUTERS}
@@ -650,10 +550,7 @@ def main():
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
 
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    raise_on_signals()
 
     work = tempfile.mkdtemp(prefix="tether-reroute-")
     taken = set()

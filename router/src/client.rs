@@ -41,6 +41,13 @@ pub struct ClientConn {
     engine: RefCell<ClientConnection>,
     links: RefCell<HashMap<LinkId, ClientLink>>,
     waker: RefCell<Option<Waker>>,
+    /// Bytes queued for the socket after the last write attempt.
+    backlog: Cell<usize>,
+    /// Bytes handed to the engine for our receivers since the driver last
+    /// took the engine's output (part of the backlog too).
+    unflushed: Cell<usize>,
+    /// Run when the backlog is low again (frame credit held back).
+    on_drained: RefCell<Vec<Box<dyn FnOnce()>>>,
 }
 
 #[derive(Clone)]
@@ -154,6 +161,7 @@ impl ConsumerLink for ClientReceiver {
             .engine
             .borrow_mut()
             .send_transfer(self.link, &t, frame, more);
+        conn.unflushed.set(conn.unflushed.get() + frame.len());
         conn.wake();
         match r {
             Ok(id) => Some(u64::from(id.0)),
@@ -189,6 +197,19 @@ impl ConsumerLink for ClientReceiver {
     fn draining(&self) -> bool {
         self.draining.get()
     }
+
+    fn backlog(&self) -> usize {
+        self.conn
+            .upgrade()
+            .map_or(0, |c| c.backlog.get() + c.unflushed.get())
+    }
+
+    fn when_drained(&self, f: Box<dyn FnOnce()>) {
+        match self.conn.upgrade() {
+            Some(c) => c.on_drained.borrow_mut().push(f),
+            None => f(),
+        }
+    }
 }
 
 impl ClientConn {
@@ -200,6 +221,32 @@ impl ClientConn {
 
     fn messages(&self) -> &Rc<MessageCore> {
         &self.router.messages
+    }
+
+    /// A streamed message from this client has too many frames held in
+    /// the router: stop reading the client until they drain (TCP then
+    /// holds the client back). Registers `cx` to be woken.
+    fn source_blocked(&self, cx: &Context<'_>) -> bool {
+        let links = self.links.borrow();
+        for l in links.values() {
+            if let ClientLink::Sender(s) = l {
+                if let Some(m) = s.current.borrow().as_ref() {
+                    if m.held() > crate::messages::FRAME_WINDOW {
+                        m.wake_when_drained(cx.waker());
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// The socket caught up: release frame credit held back for it.
+    fn drained(&self) {
+        let callbacks = std::mem::take(&mut *self.on_drained.borrow_mut());
+        for f in callbacks {
+            f();
+        }
     }
 
     /// Acts on everything the engine reported.
@@ -484,6 +531,9 @@ where
         engine: RefCell::new(engine),
         links: RefCell::new(HashMap::new()),
         waker: RefCell::new(None),
+        backlog: Cell::new(0),
+        unflushed: Cell::new(0),
+        on_drained: RefCell::new(Vec::new()),
     });
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::new();
@@ -516,7 +566,7 @@ fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
     for _ in 0..32 {
         let mut progress = false;
-        if !*eof {
+        if !*eof && !conn.source_blocked(cx) {
             rbuf.reserve(READ_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, rbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -538,6 +588,7 @@ fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         conn.process_events();
         conn.engine.borrow_mut().poll_transmit(wbuf);
+        conn.unflushed.set(0);
         while !wbuf.is_empty() {
             match Pin::new(&mut *io).poll_write(cx, wbuf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
@@ -550,6 +601,13 @@ fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if wbuf.is_empty() {
             let _ = Pin::new(&mut *io).poll_flush(cx);
+        }
+        conn.backlog.set(wbuf.len());
+        if wbuf.len() < crate::messages::CLIENT_BACKLOG_HIGH / 2
+            && !conn.on_drained.borrow().is_empty()
+        {
+            conn.drained();
+            progress = true;
         }
         let closed = conn.engine.borrow().is_closed();
         if (closed || *eof) && wbuf.is_empty() {

@@ -71,6 +71,9 @@ const PROP_COST: &str = "tether:cost";
 /// Attach property of a flow's client-to-service link: the router id of
 /// the flow's egress (chosen by the ingress).
 pub const PROP_EGRESS: &str = "tether:egress";
+/// Flow property on message links: frames of streamed messages the sender
+/// may send in addition (returned as frames leave the receiving router).
+const PROP_FRAME_CREDIT: &str = "tether:frame-credit";
 /// Attach property: routers the flow's attach has passed through.
 const PROP_HOPS: &str = "tether:hops";
 /// A flow attach that has passed this many routers is refused (a routing
@@ -344,6 +347,36 @@ impl Link {
         self.send_performative(&Performative::Detach(detach));
     }
 
+    /// Grants credit on one of our receiving message links, plus frame
+    /// credit for streamed messages (`tether:frame-credit`).
+    pub fn send_credit_with_frames(
+        &self,
+        handle: u32,
+        delivery_count: u32,
+        link_credit: u32,
+        frames: u32,
+    ) {
+        let properties = (frames > 0).then(|| {
+            let mut p = OrderedMap::new();
+            p.insert(Symbol::from(PROP_FRAME_CREDIT), Value::Uint(frames));
+            p
+        });
+        let flow = FlowFrame {
+            next_incoming_id: None,
+            incoming_window: u32::MAX,
+            next_outgoing_id: self.next_delivery_id.get(),
+            outgoing_window: u32::MAX,
+            handle: Some(Handle(handle)),
+            delivery_count: Some(delivery_count),
+            link_credit: Some(link_credit),
+            available: None,
+            drain: false,
+            echo: false,
+            properties,
+        };
+        self.send_performative(&Performative::Flow(flow));
+    }
+
     /// Grants credit on one of our receiving links.
     pub fn send_credit(&self, handle: u32, delivery_count: u32, link_credit: u32) {
         let flow = FlowFrame {
@@ -448,11 +481,21 @@ impl Link {
                         Some(Endpoint::Relay(relay, leg, Dir::Send)) => {
                             relay.on_credit(leg, f.delivery_count.unwrap_or(0), credit)
                         }
-                        Some(Endpoint::MsgOut(out)) => self.router.messages.out_credit(
-                            &out,
-                            f.delivery_count.unwrap_or(0),
-                            credit,
-                        ),
+                        Some(Endpoint::MsgOut(out)) => {
+                            let frames = f
+                                .properties
+                                .as_ref()
+                                .and_then(|p| p.iter().find(|(k, _)| k.0 == PROP_FRAME_CREDIT))
+                                .and_then(|(_, v)| match v {
+                                    Value::Uint(n) => Some(*n),
+                                    _ => None,
+                                });
+                            let messages = &self.router.messages;
+                            messages.out_credit(&out, f.delivery_count.unwrap_or(0), credit);
+                            if let Some(n) = frames {
+                                messages.out_frame_credit(&out, n);
+                            }
+                        }
                         _ => {}
                     }
                 }

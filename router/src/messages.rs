@@ -34,6 +34,11 @@
 //!   unsettled ones are released (or rejected `amqp:not-found` for an
 //!   address nobody offers).
 //!
+//! - Multi-frame (streamed) messages also use frame credit per message
+//!   link ([`FRAME_WINDOW`] frames), returned as frames leave the router;
+//!   so a huge message to a stalled consumer waits in its sender, not in
+//!   the routers.
+//!
 //! # Settlement
 //!
 //! Each forwarded unsettled delivery remembers where it came from
@@ -62,6 +67,13 @@ use crate::link::{FlowRef, Link};
 pub const SENDER_WINDOW: u32 = 250;
 /// Credit of each inter-router message link.
 pub const MSG_WINDOW: u32 = 250;
+/// Frames of multi-frame (streamed) messages each inter-router message
+/// link may have in flight per hop: returned as frames leave the receiving
+/// router, so a large message never piles up in any router.
+pub const FRAME_WINDOW: u32 = 32;
+/// A client connection with more than this many bytes not yet written
+/// holds back the frame credit of the streamed messages it carries.
+pub const CLIENT_BACKLOG_HIGH: usize = 1024 * 1024;
 /// Multicast copies queued per consumer at most.
 pub const MULTICAST_QUEUE: usize = 1000;
 /// Engine-address class of message addresses.
@@ -114,6 +126,10 @@ pub trait ConsumerLink {
     /// The client drained and nothing is queued for it.
     fn drain_done(&self);
     fn draining(&self) -> bool;
+    /// Bytes queued for the client's socket and not yet written.
+    fn backlog(&self) -> usize;
+    /// Runs `f` once the connection's backlog is low again.
+    fn when_drained(&self, f: Box<dyn FnOnce()>);
 }
 
 /// One message in flight through this router.
@@ -145,6 +161,12 @@ pub struct Msg {
     left_once: Cell<bool>,
     /// The inter-router link it came in on, if any (its credit).
     source_in: RefCell<Option<Rc<MsgIn>>>,
+    /// A multi-frame message: its frames use frame credit.
+    streamed: Cell<bool>,
+    /// Frames received here and not yet sent on (waiting for a sink or for
+    /// frame credit); the client driver stops reading while it is high.
+    held: Cell<u32>,
+    drain_waker: RefCell<Option<std::task::Waker>>,
 }
 
 /// Where a message's frames go once it has credit.
@@ -186,11 +208,38 @@ impl Msg {
             to_leave: Cell::new(1),
             left_once: Cell::new(false),
             source_in: RefCell::new(None),
+            streamed: Cell::new(false),
+            held: Cell::new(0),
+            drain_waker: RefCell::new(None),
         })
     }
 
     pub fn is_complete(&self) -> bool {
         self.complete.get()
+    }
+
+    /// Frames of this message held in this router.
+    pub fn held(&self) -> u32 {
+        self.held.get()
+    }
+
+    /// Wakes `waker` once the held frames have drained (see [`Msg::held`]).
+    pub fn wake_when_drained(&self, waker: &std::task::Waker) {
+        *self.drain_waker.borrow_mut() = Some(waker.clone());
+    }
+
+    fn held_add(&self, n: u32) {
+        self.held.set(self.held.get() + n);
+    }
+
+    fn held_sub(&self, n: u32) {
+        let h = self.held.get().saturating_sub(n);
+        self.held.set(h);
+        if h <= FRAME_WINDOW / 2 {
+            if let Some(w) = self.drain_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
     }
 
     /// Sends the outcome upstream (once).
@@ -347,6 +396,21 @@ pub struct MsgOut {
     unsettled: Cell<u32>,
     /// We sent our Detach (the link is closing).
     detached: Cell<bool>,
+    /// Frames of streamed messages we may still send (see [`FRAME_WINDOW`]).
+    frame_credit: Cell<u32>,
+    /// Frames waiting for frame credit, in order.
+    held: RefCell<VecDeque<HeldFrame>>,
+    /// The message whose last frame is held: finished when it goes.
+    finish_pending: RefCell<Option<Rc<Msg>>>,
+}
+
+/// A frame waiting for frame credit on an out link.
+struct HeldFrame {
+    msg: Rc<Msg>,
+    frame: Bytes,
+    more: bool,
+    first: bool,
+    delivery_id: u32,
 }
 
 /// An inter-router link we receive messages for one (address, egress) on.
@@ -360,6 +424,8 @@ pub struct MsgIn {
     /// Messages that have left this router (their credit is free).
     returned: Cell<u32>,
     owed: Cell<u32>,
+    /// Frame credit to return (frames of streamed messages that left).
+    frames_owed: Cell<u32>,
     /// The delivery whose frames are arriving.
     current: RefCell<Option<Rc<Msg>>>,
 }
@@ -657,8 +723,11 @@ impl MessageCore {
             *msg.egress.borrow_mut() = Some(egress);
         }
         if targets.len() > 1 || matches!(targets[0], Dest::LocalAll) {
-            // Copies may start at different times: keep every frame.
+            // Copies may start at different times: keep every frame (and
+            // return frame credit as frames arrive; the message is held
+            // whole here).
             msg.multicast.set(true);
+            self.multicast_frames_arrived(msg, msg.frames.borrow().len() as u32);
         }
         for t in targets {
             match t {
@@ -728,6 +797,16 @@ impl MessageCore {
                     delivery: None,
                 },
             );
+        }
+    }
+
+    fn multicast_frames_arrived(&self, msg: &Rc<Msg>, n: u32) {
+        if !msg.streamed.get() {
+            return;
+        }
+        let source = msg.source_in.borrow().clone();
+        if let Some(mi) = source {
+            self.in_frame_credit(&mi, n);
         }
     }
 
@@ -839,6 +918,9 @@ impl MessageCore {
             busy: Cell::new(false),
             unsettled: Cell::new(0),
             detached: Cell::new(false),
+            frame_credit: Cell::new(FRAME_WINDOW),
+            held: RefCell::new(VecDeque::new()),
+            finish_pending: RefCell::new(None),
         });
         let name = format!("{}/m/{}", self.router_id, out.key);
         link.register(out.key, FlowRef::MsgOut(out.clone()));
@@ -888,6 +970,11 @@ impl MessageCore {
         } else {
             std::mem::take(&mut *msg.frames.borrow_mut())
         };
+        if msg.sink.borrow().is_none() {
+            // Frames waiting for a sink now go to it (or wait in it for
+            // frame credit, counted again there).
+            msg.held_sub(frames.len() as u32);
+        }
         let complete = msg.complete.get();
         let n = frames.len();
         if n == 0 && complete {
@@ -912,11 +999,23 @@ impl MessageCore {
         }
     }
 
-    fn send_frame(&self, msg: &Rc<Msg>, sink: &mut Sink, frame: &[u8], more: bool) {
+    fn send_frame(self: &Rc<Self>, msg: &Rc<Msg>, sink: &mut Sink, frame: &Bytes, more: bool) {
         match sink {
             Sink::Consumer { consumer, delivery } => {
                 let first = delivery.is_none();
                 let id = consumer.link.send(msg, frame, more, *delivery);
+                if msg.streamed.get() {
+                    // The frame left for the client's socket: its credit
+                    // goes back once the connection is keeping up.
+                    if consumer.link.backlog() > CLIENT_BACKLOG_HIGH {
+                        let (core, m) = (self.clone(), msg.clone());
+                        consumer
+                            .link
+                            .when_drained(Box::new(move || core.frame_left(&m)));
+                    } else {
+                        self.frame_left(msg);
+                    }
+                }
                 if first {
                     *delivery = id;
                     if let Some(id) = id {
@@ -929,30 +1028,103 @@ impl MessageCore {
             }
             Sink::Router { out, delivery_id } => {
                 let first = !out.busy.get();
-                let t = TransferHeader {
-                    handle: out.handle,
-                    delivery_id: first.then_some(*delivery_id),
-                    delivery_tag: first.then(|| msg.tag.clone()),
-                    message_format: first.then_some(msg.message_format),
-                    settled: Some(msg.settled),
-                    more,
-                    ..Default::default()
-                };
-                out.link
-                    .with_out(|buf: &mut BytesMut| encode_transfer(buf, 0, &t, frame));
                 if first && !msg.settled {
                     out.unsettled.set(out.unsettled.get() + 1);
                     self.in_flight
                         .borrow_mut()
                         .insert((out.link.id, *delivery_id), (msg.clone(), out.clone()));
                 }
+                let held = HeldFrame {
+                    msg: msg.clone(),
+                    frame: frame.clone(),
+                    more,
+                    first,
+                    delivery_id: *delivery_id,
+                };
+                if msg.streamed.get()
+                    && (out.frame_credit.get() == 0 || !out.held.borrow().is_empty())
+                {
+                    msg.held_add(1);
+                    out.held.borrow_mut().push_back(held);
+                    // The delivery is in progress until its held frames go.
+                    out.busy.set(true);
+                    return;
+                }
                 out.busy.set(more);
+                self.write_frame(out, &held);
             }
             Sink::Copies(v) => {
                 for s in v {
                     self.send_frame(msg, s, frame, more);
                 }
             }
+        }
+    }
+
+    /// Encodes one frame on an out link (streamed frames use frame credit).
+    fn write_frame(self: &Rc<Self>, out: &Rc<MsgOut>, f: &HeldFrame) {
+        let t = TransferHeader {
+            handle: out.handle,
+            delivery_id: f.first.then_some(f.delivery_id),
+            delivery_tag: f.first.then(|| f.msg.tag.clone()),
+            message_format: f.first.then_some(f.msg.message_format),
+            settled: Some(f.msg.settled),
+            more: f.more,
+            ..Default::default()
+        };
+        out.link
+            .with_out(|buf: &mut BytesMut| encode_transfer(buf, 0, &t, &f.frame));
+        if f.msg.streamed.get() {
+            out.frame_credit
+                .set(out.frame_credit.get().saturating_sub(1));
+            self.frame_left(&f.msg);
+        }
+    }
+
+    /// The peer granted frame credit on an out link: send held frames.
+    pub fn out_frame_credit(self: &Rc<Self>, out: &Rc<MsgOut>, n: u32) {
+        out.frame_credit
+            .set(out.frame_credit.get().saturating_add(n));
+        for _ in 0..1_000_000 {
+            if out.frame_credit.get() == 0 || out.link.is_down() {
+                break;
+            }
+            let Some(f) = out.held.borrow_mut().pop_front() else {
+                break;
+            };
+            f.msg.held_sub(1);
+            self.write_frame(out, &f);
+        }
+        if out.held.borrow().is_empty() {
+            let done = out.finish_pending.borrow_mut().take();
+            if let Some(msg) = done {
+                out.busy.set(false);
+                msg.left(self);
+                self.pump_out(out);
+            }
+        }
+    }
+
+    /// One frame of a streamed message left this router: its frame credit
+    /// goes back to the link it came on (multicast messages are held whole
+    /// and returned their frame credit on arrival).
+    fn frame_left(&self, msg: &Rc<Msg>) {
+        if !msg.streamed.get() || msg.multicast.get() {
+            return;
+        }
+        let source = msg.source_in.borrow().clone();
+        if let Some(mi) = source {
+            self.in_frame_credit(&mi, 1);
+        }
+    }
+
+    fn in_frame_credit(&self, mi: &Rc<MsgIn>, n: u32) {
+        let owed = mi.frames_owed.get() + n;
+        mi.frames_owed.set(owed);
+        if owed >= FRAME_WINDOW / 2 {
+            self.flush_in_credit(mi);
+        } else if owed == n {
+            mi.link.defer_credit(FlowRef::MsgIn(mi.clone()));
         }
     }
 
@@ -969,6 +1141,11 @@ impl MessageCore {
                 self.pump_address(&address);
             }
             Sink::Router { out, .. } => {
+                if !out.held.borrow().is_empty() {
+                    // The last frame waits for frame credit.
+                    *out.finish_pending.borrow_mut() = Some(msg.clone());
+                    return;
+                }
                 out.busy.set(false);
                 msg.left(self);
                 let out = out.clone();
@@ -991,11 +1168,17 @@ impl MessageCore {
             msg.complete.set(true);
         }
         let mut sink = msg.sink.borrow_mut().take();
-        if msg.multicast.get() && sink.is_some() {
-            msg.frames.borrow_mut().push(frame.clone());
+        if msg.multicast.get() {
+            self.multicast_frames_arrived(msg, 1);
+            if sink.is_some() {
+                msg.frames.borrow_mut().push(frame.clone());
+            }
         }
         match &mut sink {
-            None => msg.frames.borrow_mut().push(frame),
+            None => {
+                msg.held_add(1);
+                msg.frames.borrow_mut().push(frame);
+            }
             Some(s) => {
                 self.send_frame(msg, s, &frame, more);
                 if !more {
@@ -1011,6 +1194,8 @@ impl MessageCore {
         if !more {
             msg.complete.set(true);
         }
+        msg.streamed.set(more);
+        msg.held_add(1);
         msg.frames.borrow_mut().push(frame);
     }
 
@@ -1142,6 +1327,7 @@ impl MessageCore {
             received: Cell::new(0),
             returned: Cell::new(0),
             owed: Cell::new(0),
+            frames_owed: Cell::new(0),
             current: RefCell::new(None),
         });
         link.register(msg_in.key, FlowRef::MsgIn(msg_in.clone()));
@@ -1222,12 +1408,15 @@ impl MessageCore {
 
     /// Sends the credit owed on an in link (deferred to the link's next write).
     pub fn flush_in_credit(&self, msg_in: &Rc<MsgIn>) {
-        if msg_in.owed.replace(0) > 0 && !msg_in.link.is_down() {
+        let owed = msg_in.owed.replace(0);
+        let frames = msg_in.frames_owed.replace(0);
+        if (owed > 0 || frames > 0) && !msg_in.link.is_down() {
             let held = msg_in.received.get().wrapping_sub(msg_in.returned.get());
-            msg_in.link.send_credit(
+            msg_in.link.send_credit_with_frames(
                 msg_in.handle,
                 msg_in.received.get(),
                 MSG_WINDOW.saturating_sub(held),
+                frames,
             );
         }
     }

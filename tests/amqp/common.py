@@ -19,7 +19,9 @@ This module holds:
   own ``tag``/``seq``/``size``/``kind`` properties and names every field
   that differs, so a receiver verifies content without being told what
   was sent;
-- ``Ending``: close the connection(s) and exit with a status, bounded.
+- ``Ending``: close the connection(s) and exit with a status, bounded;
+- ``FailOnErrors``, ``Later`` and ``run``: the error handlers, timer
+  tasks and main loop that the sender, receiver and requester share.
 """
 
 import argparse
@@ -32,6 +34,7 @@ import threading
 import time
 
 from proton import Message, SSLDomain, symbol, ulong
+from proton.reactor import Container
 
 # Exit statuses.
 OK = 0
@@ -314,3 +317,49 @@ class Ending:
 
 def now():
     return time.monotonic()
+
+
+# ---------------------------------------------------------------------------
+# Handler parts
+# ---------------------------------------------------------------------------
+
+class FailOnErrors:
+    """Mixin (before MessagingHandler) for a handler with ``fail(why)`` and
+    ``ending``: a connection closed with an error, a transport error or a
+    disconnect emits a line and fails the handler."""
+
+    def on_connection_error(self, event):
+        emit("connection_closed", **condition_fields(event.connection.remote_condition))
+        self.fail("connection_closed")
+
+    def on_transport_error(self, event):
+        emit("transport_error", **condition_fields(event.transport.condition))
+        self.fail("transport_error")
+
+    def on_disconnected(self, event):
+        if self.ending.status is None:
+            self.fail("disconnected")
+
+
+class Later:
+    """A timer task that calls ``f()``: ``container.schedule(s, Later(f))``."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def on_timer_task(self, event):
+        self.f()
+
+
+def run(h, timeout):
+    """Runs handler ``h`` (with ``counters()`` and ``ending``) under the
+    watchdog and exits with its status; an exception is an ``error`` line
+    and a failure."""
+    start_watchdog(timeout, lambda: h.counters())
+    try:
+        Container(h).run()
+    except Exception as e:
+        emit("error", error=repr(e))
+        if h.ending.status is None:
+            h.ending.status = FAILED
+    h.ending.exit()

@@ -40,7 +40,6 @@ import os
 
 from proton import Condition, Delivery, Message
 from proton.handlers import MessagingHandler
-from proton.reactor import Container
 
 import common
 from common import emit, now
@@ -49,7 +48,7 @@ from common import emit, now
 REJECT_CONDITION = "tether-test:rejected"
 
 
-class Receive(MessagingHandler):
+class Receive(common.FailOnErrors, MessagingHandler):
     def __init__(self, args):
         super().__init__(prefetch=0, auto_accept=False)
         self.a = args
@@ -161,7 +160,7 @@ class Receive(MessagingHandler):
             self.handle_pending()
         elif not self.handler_busy:
             self.handler_busy = True
-            self.container.schedule(self.a.delay_ms / 1000.0, SlowHandler(self))
+            self.container.schedule(self.a.delay_ms / 1000.0, common.Later(self.slow_tick))
 
     def track_order(self, tag, seq):
         key = (tag, seq)
@@ -187,7 +186,7 @@ class Receive(MessagingHandler):
         self.handle_pending(one=True)
         if self.pending and not self.detached:
             self.handler_busy = True
-            self.container.schedule(self.a.delay_ms / 1000.0, SlowHandler(self))
+            self.container.schedule(self.a.delay_ms / 1000.0, common.Later(self.slow_tick))
 
     def handle_pending(self, one=False):
         while self.pending:
@@ -338,7 +337,7 @@ class Receive(MessagingHandler):
         self.dispositions["held"] += held
         self.receiver.close()
         emit("detached", received=self.received, unsettled_pending=held)
-        self.container.schedule(self.a.linger, Later(self.done))
+        self.container.schedule(self.a.linger, common.Later(self.done))
 
     # --- errors, timer, end ----------------------------------------------
 
@@ -352,18 +351,6 @@ class Receive(MessagingHandler):
                 and self.ending.status is None:
             emit("link_closed", **common.condition_fields(event.link.remote_condition))
             self.fail("link_closed")
-
-    def on_connection_error(self, event):
-        emit("connection_closed", **common.condition_fields(event.connection.remote_condition))
-        self.fail("connection_closed")
-
-    def on_transport_error(self, event):
-        emit("transport_error", **common.condition_fields(event.transport.condition))
-        self.fail("transport_error")
-
-    def on_disconnected(self, event):
-        if self.ending.status is None:
-            self.fail("disconnected")
 
     def on_timer_task(self, event):
         if self.ending.status is not None:
@@ -412,22 +399,6 @@ class Receive(MessagingHandler):
         self.ending.end(common.OK if ok else common.FAILED, [self.conn])
 
 
-class SlowHandler:
-    def __init__(self, h):
-        self.h = h
-
-    def on_timer_task(self, event):
-        self.h.slow_tick()
-
-
-class Later:
-    def __init__(self, f):
-        self.f = f
-
-    def on_timer_task(self, event):
-        self.f()
-
-
 def main():
     p = common.parser(__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group(required=True)
@@ -451,14 +422,7 @@ def main():
     p.add_argument("--quiet", action="store_true", help="no `message` lines")
     args = p.parse_args()
     h = Receive(args)
-    common.start_watchdog(args.timeout, lambda: h.counters())
-    try:
-        Container(h).run()
-    except Exception as e:
-        emit("error", error=repr(e))
-        if h.ending.status is None:
-            h.ending.status = common.FAILED
-    h.ending.exit()
+    common.run(h, args.timeout)
 
 
 if __name__ == "__main__":

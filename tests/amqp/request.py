@@ -22,13 +22,12 @@ import os
 
 from proton import Delivery
 from proton.handlers import MessagingHandler
-from proton.reactor import Container
 
 import common
 from common import emit, now
 
 
-class Request(MessagingHandler):
+class Request(common.FailOnErrors, MessagingHandler):
     def __init__(self, args):
         super().__init__(prefetch=0, auto_accept=False)
         self.a = args
@@ -128,18 +127,6 @@ class Request(MessagingHandler):
         emit("link_closed", **common.condition_fields(event.link.remote_condition))
         self.fail("link_closed")
 
-    def on_connection_error(self, event):
-        emit("connection_closed", **common.condition_fields(event.connection.remote_condition))
-        self.fail("connection_closed")
-
-    def on_transport_error(self, event):
-        emit("transport_error", **common.condition_fields(event.transport.condition))
-        self.fail("transport_error")
-
-    def on_disconnected(self, event):
-        if self.ending.status is None:
-            self.fail("disconnected")
-
     def on_timer_task(self, event):
         if self.ending.status is not None:
             return
@@ -180,14 +167,7 @@ def main():
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     h = Request(args)
-    common.start_watchdog(args.timeout, lambda: h.counters())
-    try:
-        Container(h).run()
-    except Exception as e:
-        emit("error", error=repr(e))
-        if h.ending.status is None:
-            h.ending.status = common.FAILED
-    h.ending.exit()
+    common.run(h, args.timeout)
 
 
 if __name__ == "__main__":

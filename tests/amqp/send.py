@@ -32,7 +32,7 @@ import os
 
 from proton import Delivery
 from proton.handlers import MessagingHandler
-from proton.reactor import AtMostOnce, Container
+from proton.reactor import AtMostOnce
 
 import common
 from common import emit, now
@@ -47,7 +47,7 @@ EXPECT = {
 }
 
 
-class Send(MessagingHandler):
+class Send(common.FailOnErrors, MessagingHandler):
     def __init__(self, args):
         super().__init__(prefetch=0, auto_settle=True)
         self.a = args
@@ -99,11 +99,11 @@ class Send(MessagingHandler):
         emit("attached", credit=self.sender.credit,
              target=self.sender.remote_target.address)
         if self.a.no_credit_for is not None:
-            self.container.schedule(self.a.no_credit_for, NoCreditCheck(self))
+            self.container.schedule(self.a.no_credit_for, common.Later(self.no_credit_check))
         self.saw_credit()
         if self.probing:
             emit("probing", file=self.a.probe_until)
-            self.container.schedule(0.0, Probe(self))
+            self.container.schedule(0.0, common.Later(self.probe))
         self.pump()
 
     # --- credit and sending ------------------------------------------------
@@ -148,7 +148,7 @@ class Send(MessagingHandler):
             if not dlv.settled:
                 dlv.settle()
             self.probes += 1
-        self.container.schedule(0.1, Probe(self))
+        self.container.schedule(0.1, common.Later(self.probe))
 
     def pump(self):
         if self.sender is None or self.failure or self.ending.status is not None:
@@ -226,18 +226,6 @@ class Send(MessagingHandler):
             emit("link_closed", **common.condition_fields(event.link.remote_condition))
             self.fail("link_closed")
 
-    def on_connection_error(self, event):
-        emit("connection_closed", **common.condition_fields(event.connection.remote_condition))
-        self.fail("connection_closed")
-
-    def on_transport_error(self, event):
-        emit("transport_error", **common.condition_fields(event.transport.condition))
-        self.fail("transport_error")
-
-    def on_disconnected(self, event):
-        if self.ending.status is None:
-            self.fail("disconnected")
-
     def on_timer_task(self, event):
         # Progress, and the graceful deadline.
         if self.ending.status is not None:
@@ -294,22 +282,6 @@ class Send(MessagingHandler):
         self.ending.end(common.OK if ok else common.FAILED, [self.conn])
 
 
-class NoCreditCheck:
-    def __init__(self, h):
-        self.h = h
-
-    def on_timer_task(self, event):
-        self.h.no_credit_check()
-
-
-class Probe:
-    def __init__(self, h):
-        self.h = h
-
-    def on_timer_task(self, event):
-        self.h.probe()
-
-
 def main():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--address", required=True)
@@ -330,14 +302,7 @@ def main():
     p.add_argument("--reply-to", help="reply_to of every message")
     args = p.parse_args()
     h = Send(args)
-    common.start_watchdog(args.timeout, lambda: h.counters())
-    try:
-        Container(h).run()
-    except Exception as e:
-        emit("error", error=repr(e))
-        if h.ending.status is None:
-            h.ending.status = common.FAILED
-    h.ending.exit()
+    common.run(h, args.timeout)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ pub mod binary;
 pub mod certs;
 pub mod config;
 pub mod flows;
+pub mod halfclose;
 pub mod net;
 pub mod network;
 pub mod pair;

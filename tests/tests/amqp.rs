@@ -1153,6 +1153,54 @@ fn ten_mib_message_crosses_two_routers() {
     println!("10 MiB in {} s (sender's view)", sent["elapsed_s"]);
 }
 
+/// A 64 MiB message towards a receiver that stops reading (SIGSTOP) is
+/// held back hop by hop by frame credit: no router buffers the message
+/// (each stays well below its size), and once the receiver resumes the
+/// message arrives intact.
+#[test]
+fn a_large_message_to_a_stalled_receiver_is_not_buffered_whole() {
+    const SIZE: u64 = 64 * 1024 * 1024;
+    const RSS_LIMIT_KIB: u64 = 48 * 1024;
+    let Some(s) = Sites::pair("amqp-stalled-large", Needs::Routing) else {
+        return;
+    };
+    let pids: Vec<u32> = s
+        .net
+        .as_ref()
+        .map(|n| n.routers().iter().map(|r| r.pid()).collect())
+        .unwrap_or_default();
+    let rx = s.receiver(
+        "west",
+        args!["--address", "huge", "--count", 1, "--credit", 1],
+    );
+    let rx_pid = rx.pid().expect("receiver pid");
+    procfs::signal(rx_pid, libc::SIGSTOP).expect("stop the receiver");
+    let tx = s.sender(
+        "east",
+        args!["--address", "huge", "--count", 1, "--size", SIZE],
+    );
+    // While the receiver is stopped the message cannot go anywhere: give
+    // it time to pile up if it were going to.
+    let sampler = RssSampler::start(pids.clone());
+    std::thread::sleep(Duration::from_secs(4));
+    let peaks = sampler.stop();
+    procfs::signal(rx_pid, libc::SIGCONT).expect("resume the receiver");
+    let sent = tx.finish();
+    let sent = s.done(&sent);
+    let rx = rx.finish();
+    let got = s.done(&rx);
+    assert_eq!(
+        got["md5s"][0], sent["md5s"][0],
+        "the body changed on the way"
+    );
+    for (pid, peak) in pids.iter().zip(&peaks) {
+        assert!(
+            *peak < RSS_LIMIT_KIB,
+            "router {pid} grew to {peak} KiB while a {SIZE}-byte message waited for a stalled receiver"
+        );
+    }
+}
+
 /// Balanced anycast: receivers on hub and west (both one hop from east)
 /// for one address; 400 messages from east are spread over both, each
 /// delivered exactly once.

@@ -10,20 +10,12 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
+use tether_tests::halfclose::{
+    greet_then_count, next_report, random_bytes, reply_after_eof, summary,
+};
 use tether_tests::net::{connect, read_exact_by, read_some_by, read_to_end_by, reset};
 use tether_tests::{Pair, PairSpec, Service, TestEnv};
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The client half-closes; the service reads to EOF, then sends a reply
 /// (a summary line and 1 MiB) that the client must receive in full,
@@ -32,30 +24,7 @@ fn hex(d: &[u8]) -> String {
 fn client_half_close_then_service_replies() {
     const REPLY_BODY: usize = 1 << 20;
     let body = random_bytes(REPLY_BODY, 42);
-    let body_for_svc = body.clone();
-    let svc = Service::spawn("reply-after-eof", move |mut s, ctx| {
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        for _ in 0..1_000_000 {
-            match ctx.read(&mut s, &mut buf) {
-                Ok(0) => break,
-                Ok(k) => {
-                    hasher.update(&buf[..k]);
-                    n += k as u64;
-                }
-                Err(_) => return,
-            }
-        }
-        let line = format!("got {n} bytes sha256 {}\n", hex(&hasher.finalize()));
-        if ctx.write_all(&mut s, line.as_bytes()).is_err()
-            || ctx.write_all(&mut s, &body_for_svc).is_err()
-        {
-            return;
-        }
-        let _ = s.shutdown(Shutdown::Write);
-        ctx.drain(&mut s);
-    });
+    let svc = reply_after_eof(body.clone());
     let env = TestEnv::new("half-close-client");
     let pair = Pair::start(&env, PairSpec::new(&env, &[("backend", svc.port())]));
 
@@ -70,11 +39,7 @@ fn client_half_close_then_service_replies() {
                 pair.describe()
             )
         });
-    let expected_line = format!(
-        "got {} bytes sha256 {}\n",
-        payload.len(),
-        hex(&Sha256::digest(&payload))
-    );
+    let expected_line = summary(&payload);
     assert!(
         got.starts_with(expected_line.as_bytes()),
         "service's summary differs: expected {expected_line:?}, got {:?}",
@@ -93,31 +58,7 @@ fn client_half_close_then_service_replies() {
 /// in full.
 #[test]
 fn service_half_close_then_client_still_sends() {
-    let (tx, rx) = mpsc::channel::<(u64, Vec<u8>)>();
-    let tx = Mutex::new(tx);
-    let svc = Service::spawn("greet-and-half-close", move |mut s, ctx| {
-        if ctx.write_all(&mut s, b"hello from the service\n").is_err() {
-            return;
-        }
-        let _ = s.shutdown(Shutdown::Write);
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        for _ in 0..1_000_000 {
-            match ctx.read(&mut s, &mut buf) {
-                Ok(0) => break,
-                Ok(k) => {
-                    hasher.update(&buf[..k]);
-                    n += k as u64;
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send((n, hasher.finalize().to_vec()));
-    });
+    let (rx, svc) = greet_then_count();
     let env = TestEnv::new("half-close-service");
     let pair = Pair::start(&env, PairSpec::new(&env, &[("backend", svc.port())]));
 
@@ -135,19 +76,7 @@ fn service_half_close_then_client_still_sends() {
     });
     s.shutdown(Shutdown::Write).expect("half-close");
     // Reports from Pair::start's readiness probes (0 bytes) are skipped.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut report = None;
-    for _ in 0..100 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((0, _)) => continue,
-            Ok(r) => {
-                report = Some(r);
-                break;
-            }
-            Err(_) => break,
-        }
-    }
+    let report = next_report(&rx, Duration::from_secs(30));
     let (n, sha) =
         report.unwrap_or_else(|| panic!("the service never saw our EOF\n{}", pair.describe()));
     assert_eq!(
@@ -243,19 +172,7 @@ fn client_reset_reaches_service() {
     );
     reset(s);
     // Reports from Pair::start's readiness probes (0 bytes) are skipped.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut outcome = None;
-    for _ in 0..100 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((0, _)) => continue,
-            Ok((_, r)) => {
-                outcome = Some(r);
-                break;
-            }
-            Err(_) => break,
-        }
-    }
+    let outcome = next_report(&rx, Duration::from_secs(5)).map(|(_, r)| r);
     match outcome {
         Some(Err(kind)) if kind != ErrorKind::TimedOut => println!("service saw {kind:?}"),
         Some(Err(_)) | None => panic!(

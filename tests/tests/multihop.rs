@@ -26,13 +26,13 @@
 
 use std::io::Write;
 use std::net::Shutdown;
-use std::sync::mpsc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use tether_tests::flows::{echo_transfer, probe_echo, watch_close, CloseReport};
+use tether_tests::halfclose::{
+    greet_then_count, next_report, random_bytes, reply_after_eof, summary,
+};
 use tether_tests::net::{connect, read_to_end_by, round_trip};
 use tether_tests::router::is_link_down;
 use tether_tests::services::read_tag;
@@ -139,19 +139,7 @@ fn line_carries_half_close_both_ways() {
         .unwrap_or_else(|e| panic!("sending after the service's EOF: {e}\n{}", net.describe()));
     s.shutdown(Shutdown::Write).expect("half-close");
     // Reports of readiness probes (0 bytes) are skipped.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut report = None;
-    for _ in 0..100 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match reports.recv_timeout(left) {
-            Ok((0, _)) => continue,
-            Ok(r) => {
-                report = Some(r);
-                break;
-            }
-            Err(_) => break,
-        }
-    }
+    let report = next_report(&reports, Duration::from_secs(30));
     let (n, sha) =
         report.unwrap_or_else(|| panic!("the service never saw our EOF\n{}", net.describe()));
     assert_eq!(n, payload.len() as u64, "bytes after the service's EOF");
@@ -529,76 +517,4 @@ fn balanced_spreads_held_flows_favouring_the_cheaper_site() {
         net.describe()
     );
     drop(held);
-}
-
-// ---------------------------------------------------------------------
-// Services and data
-// ---------------------------------------------------------------------
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-fn summary(data: &[u8]) -> String {
-    let hex: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("got {} bytes sha256 {hex}\n", data.len())
-}
-
-/// Reads to EOF, then replies with a summary line and `body`, then
-/// half-closes.
-fn reply_after_eof(body: Vec<u8>) -> Service {
-    Service::spawn("reply-after-eof", move |mut s, ctx| {
-        let mut data = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        for _ in 0..1_000_000 {
-            match ctx.read(&mut s, &mut buf) {
-                Ok(0) => break,
-                Ok(k) => data.extend_from_slice(&buf[..k]),
-                Err(_) => return,
-            }
-        }
-        if ctx.write_all(&mut s, summary(&data).as_bytes()).is_err()
-            || ctx.write_all(&mut s, &body).is_err()
-        {
-            return;
-        }
-        let _ = s.shutdown(Shutdown::Write);
-        ctx.drain(&mut s);
-    })
-}
-
-/// Sends a greeting and half-closes, then reads to EOF and reports
-/// (bytes, SHA-256) of what it read.
-fn greet_then_count() -> (mpsc::Receiver<(u64, Vec<u8>)>, Service) {
-    let (tx, rx) = mpsc::channel::<(u64, Vec<u8>)>();
-    let tx = Mutex::new(tx);
-    let svc = Service::spawn("greet-and-half-close", move |mut s, ctx| {
-        if ctx.write_all(&mut s, b"hello from the service\n").is_err() {
-            return;
-        }
-        let _ = s.shutdown(Shutdown::Write);
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        for _ in 0..1_000_000 {
-            match ctx.read(&mut s, &mut buf) {
-                Ok(0) => break,
-                Ok(k) => {
-                    hasher.update(&buf[..k]);
-                    n += k as u64;
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send((n, hasher.finalize().to_vec()));
-    });
-    (rx, svc)
 }
