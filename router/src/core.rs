@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rustls_pki_types::ServerName;
-use tether_routing::linkstate::{EngineConfig, Event, LinkId, RoutingEngine, Timers};
+use tether_routing::linkstate::{EngineConfig, Event, LinkId, Offer, RoutingEngine, Timers};
 use tether_routing::RouterMessage;
 use tether_tcp::FlowSocket;
 use tokio::io::BufReader;
@@ -319,31 +319,21 @@ impl Router {
                 })
                 .collect();
         }
-        let mut best: Vec<Dest> = Vec::new();
-        let mut best_score = u64::MAX;
-        for offer in offers {
-            let dest = match offer.link {
-                None => Dest::Local,
-                Some(id) => match links.get(&id) {
-                    Some(link) => Dest::Remote {
-                        link: link.clone(),
-                        egress: offer.router.clone(),
-                    },
-                    None => continue,
-                },
-            };
-            let score = match distribution {
+        let mut best = lowest_scoring(
+            offers,
+            &links,
+            |offer| match distribution {
                 Distribution::Closest => offer.cost,
                 _ => offer.cost + u64::from(self.messages.unsettled_to(address, &offer.router)),
-            };
-            if score < best_score {
-                best_score = score;
-                best.clear();
-            }
-            if score == best_score {
-                best.push(dest);
-            }
-        }
+            },
+            |link, offer| match link {
+                None => Dest::Local,
+                Some(link) => Dest::Remote {
+                    link: link.clone(),
+                    egress: offer.router.clone(),
+                },
+            },
+        );
         if best.is_empty() {
             return best;
         }
@@ -381,34 +371,24 @@ impl Router {
         let distribution = distribution_for(&self.addresses.borrow(), address);
         let engine = self.engine.borrow();
         let links = self.links.borrow();
-        let mut best: Vec<Choice> = Vec::new();
-        let mut best_score = u64::MAX;
-        for offer in engine.destinations(&tcp_address(address)) {
-            let choice = match offer.link {
-                None => Choice::Local,
-                Some(id) => match links.get(&id) {
-                    Some(link) => Choice::Remote {
-                        link: link.clone(),
-                        egress: offer.router.clone(),
-                    },
-                    None => continue,
-                },
-            };
-            let score = match distribution {
+        let mut best = lowest_scoring(
+            engine.destinations(&tcp_address(address)),
+            &links,
+            |offer| match distribution {
                 Distribution::Closest => offer.cost,
                 _ => {
                     let load = 1 + u64::from(self.active(address, &offer.router));
                     (offer.cost + 1).saturating_mul(load)
                 }
-            };
-            if score < best_score {
-                best_score = score;
-                best.clear();
-            }
-            if score == best_score {
-                best.push(choice);
-            }
-        }
+            },
+            |link, offer| match link {
+                None => Choice::Local,
+                Some(link) => Choice::Remote {
+                    link: link.clone(),
+                    egress: offer.router.clone(),
+                },
+            },
+        );
         if best.is_empty() {
             return None;
         }
@@ -810,6 +790,37 @@ async fn reload_on_hangup(router: Rc<Router>, path: std::path::PathBuf) {
 /// quarter window (16-256 KiB; larger socket reads mean fewer frames and
 /// wake-ups: 256 KiB reads took single-flow bulk from ~5.8 to ~8.7 Gbit/s
 /// here), and as many credits as fit.
+/// The offers with the lowest `score` among those this router can reach
+/// (its own, or over a link that is open), made into `T` by `make` (which
+/// gets the next-hop link, `None` for this router's own offer).
+fn lowest_scoring<T>(
+    offers: &[Offer],
+    links: &BTreeMap<LinkId, Rc<Link>>,
+    score: impl Fn(&Offer) -> u64,
+    make: impl Fn(Option<&Rc<Link>>, &Offer) -> T,
+) -> Vec<T> {
+    let mut best = Vec::new();
+    let mut best_score = u64::MAX;
+    for offer in offers {
+        let link = match offer.link {
+            None => None,
+            Some(id) => match links.get(&id) {
+                Some(link) => Some(link),
+                None => continue,
+            },
+        };
+        let s = score(offer);
+        if s < best_score {
+            best_score = s;
+            best.clear();
+        }
+        if s == best_score {
+            best.push(make(link, offer));
+        }
+    }
+    best
+}
+
 /// The engine address of a TCP address (class `T`; AMQP addresses are
 /// class `M`, so the two never mix).
 fn tcp_address(address: &str) -> String {

@@ -379,20 +379,7 @@ impl Link {
 
     /// Grants credit on one of our receiving links.
     pub fn send_credit(&self, handle: u32, delivery_count: u32, link_credit: u32) {
-        let flow = FlowFrame {
-            next_incoming_id: None,
-            incoming_window: u32::MAX,
-            next_outgoing_id: self.next_delivery_id.get(),
-            outgoing_window: u32::MAX,
-            handle: Some(Handle(handle)),
-            delivery_count: Some(delivery_count),
-            link_credit: Some(link_credit),
-            available: None,
-            drain: false,
-            echo: false,
-            properties: None,
-        };
-        self.send_performative(&Performative::Flow(flow));
+        self.send_credit_with_frames(handle, delivery_count, link_credit, 0);
     }
 
     /// Tears down every flow: the link is gone.
