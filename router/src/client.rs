@@ -30,6 +30,7 @@ use crate::core::Router;
 use crate::messages::{
     rejected, Consumer, ConsumerLink, MessageCore, Msg, SenderLink, Upstream, SENDER_WINDOW,
 };
+use crate::reconfig::ClientInfo;
 
 const READ_CHUNK: usize = 64 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,6 +49,8 @@ pub struct ClientConn {
     unflushed: Cell<usize>,
     /// Run when the backlog is low again (frame credit held back).
     on_drained: RefCell<Vec<Box<dyn FnOnce()>>>,
+    /// What management shows of this connection.
+    info: Rc<ClientInfo>,
 }
 
 #[derive(Clone)]
@@ -265,6 +268,10 @@ impl ClientConn {
     fn on_event(self: &Rc<Self>, ev: Event) {
         match ev {
             Event::Opened { container_id, user } => {
+                *self.info.container.borrow_mut() = container_id.clone();
+                *self.info.sasl.borrow_mut() =
+                    Some(if user.is_some() { "PLAIN" } else { "ANONYMOUS" }.to_string());
+                *self.info.user.borrow_mut() = user.clone();
                 tracing::info!(client = %container_id, user = user.as_deref().unwrap_or("anonymous"), "AMQP client connected");
             }
             Event::SenderAttached {
@@ -284,6 +291,7 @@ impl ClientConn {
                 self.engine
                     .borrow_mut()
                     .accept_attach(link, target.as_deref());
+                let target = target.map(|t| strip_amqp_scheme(&t).to_string());
                 let sender = Rc::new(ClientSender {
                     conn: Rc::downgrade(self),
                     link,
@@ -325,6 +333,7 @@ impl ClientConn {
                     link,
                     draining: Cell::new(false),
                 });
+                let address = strip_amqp_scheme(&address).to_string();
                 let consumer = Consumer::new(
                     self.router.next_flow_key(),
                     address.clone(),
@@ -349,6 +358,9 @@ impl ClientConn {
                 more,
                 aborted,
             } => {
+                if first {
+                    self.info.last_delivery.set(Some(Instant::now()));
+                }
                 let l = self.links.borrow().get(&link).cloned();
                 if let Some(ClientLink::Sender(s)) = l {
                     self.on_transfer(
@@ -434,7 +446,9 @@ impl ClientConn {
         };
         let address = match &s.address {
             Some(a) => Ok(a.clone()),
-            None => message_to(&payload).map_err(|e| e.to_string()),
+            None => message_to(&payload)
+                .map(|a| strip_amqp_scheme(&a).to_string())
+                .map_err(|e| e.to_string()),
         };
         let address = match address {
             Ok(a) => a,
@@ -526,7 +540,21 @@ where
         },
         Instant::now().into_std(),
     );
+    let info = Rc::new(ClientInfo {
+        id: router.next_link_id(),
+        host: peer.clone(),
+        listener: cfg.name.clone(),
+        container: RefCell::new(String::new()),
+        user: RefCell::new(None),
+        sasl: RefCell::new(None),
+        encrypted: cfg.tls.is_some(),
+        opened_at: Instant::now(),
+        last_delivery: Cell::new(None),
+        links: Cell::new(0),
+    });
+    router.client_connected(info.clone());
     let conn = Rc::new(ClientConn {
+        info: info.clone(),
         router,
         engine: RefCell::new(engine),
         links: RefCell::new(HashMap::new()),
@@ -546,6 +574,7 @@ where
     })
     .await;
     conn.close_all();
+    conn.router.client_gone(info.id);
     tracing::debug!(%peer, "AMQP client connection ended");
 }
 
@@ -632,4 +661,13 @@ fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+/// An address without the `amqp:/` scheme prefix some clients put on it
+/// (`amqp:/_topo/0/R/$management` is `_topo/0/R/$management`).
+pub fn strip_amqp_scheme(address: &str) -> &str {
+    address
+        .strip_prefix("amqp:/")
+        .or_else(|| address.strip_prefix("amqps:/"))
+        .unwrap_or(address)
 }

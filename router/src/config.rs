@@ -62,7 +62,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +115,14 @@ pub struct Config {
     pub addresses: Vec<AddressConfig>,
     /// TLS profiles by name (`[tls.<name>]`), files already loaded.
     pub tls: BTreeMap<String, TlsProfile>,
+    /// `[http]`: Prometheus `/metrics`, `/healthz` and `/readyz`.
+    pub http: Option<HttpConfig>,
+}
+
+/// `[http]`: where the metrics and health endpoints listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
 }
 
 /// How new flows (or messages) for an address are spread over the routers
@@ -359,6 +367,13 @@ struct RawConfig {
     address: Vec<Spanned<RawAddress>>,
     #[serde(default)]
     tls: BTreeMap<String, Spanned<RawTls>>,
+    http: Option<Spanned<RawHttp>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -952,6 +967,23 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         tls.insert(name.clone(), tls_profile(src, name, profile)?);
     }
 
+    let http = match &raw.http {
+        None => None,
+        Some(h) => {
+            let listen = &h.get_ref().listen;
+            let addr: SocketAddr = listen.get_ref().parse().map_err(|_| {
+                src.err(
+                    listen.span(),
+                    format!(
+                        "http.listen: {:?} is not an address and port, e.g. \"127.0.0.1:9090\"",
+                        listen.get_ref()
+                    ),
+                )
+            })?;
+            Some(HttpConfig { listen: addr })
+        }
+    };
+
     Ok(Config {
         path: src.path.to_path_buf(),
         router,
@@ -962,6 +994,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         tcp_connectors,
         addresses,
         tls,
+        http,
     })
 }
 
@@ -1820,13 +1853,30 @@ key = "east-key.pem"
     }
 
     #[test]
+    fn http_listen_must_be_an_address_and_port() {
+        let env = Env::new();
+        env.expect(
+            "[router]\nid = 'a'\n[http]\nlisten = 'localhost'\n",
+            4,
+            10,
+            "http.listen: \"localhost\" is not an address and port, e.g. \"127.0.0.1:9090\"",
+        );
+        env.expect(
+            "[router]\nid = 'a'\n[http]\nlisten = '127.0.0.1:9090'\nport = 1\n",
+            5,
+            1,
+            "unknown key \"port\"",
+        );
+    }
+
+    #[test]
     fn unknown_top_level_section() {
         let env = Env::new();
         env.expect(
             "[router]\nid = 'a'\n[[listner]]\nport = 1\n",
             3,
             3,
-            "unknown key \"listner\" at the top level, expected one of: router, listener, connector, tcp_listener, tcp_connector, address, tls (did you mean \"listener\"?)",
+            "unknown key \"listner\" at the top level, expected one of: router, listener, connector, tcp_listener, tcp_connector, address, tls, http (did you mean \"listener\"?)",
         );
     }
 

@@ -79,30 +79,49 @@ pub struct Router {
     /// AMQP message routing (client senders and receivers, message links).
     pub messages: Rc<MessageCore>,
     settings: Settings,
-    tcp_connectors: Vec<TcpConnectorConfig>,
-    addresses: RefCell<Vec<AddressConfig>>,
-    engine: RefCell<RoutingEngine>,
+    pub(crate) tcp_connectors: RefCell<Vec<TcpConnectorConfig>>,
+    pub(crate) addresses: RefCell<Vec<AddressConfig>>,
+    pub(crate) engine: RefCell<RoutingEngine>,
     /// Wakes the engine timer task: the engine's next timeout may have moved.
     engine_timer: Notify,
     /// Addresses reachable at the last pump (to log changes).
     reachable: RefCell<BTreeSet<String>>,
-    links: RefCell<BTreeMap<LinkId, Rc<Link>>>,
+    pub(crate) links: RefCell<BTreeMap<LinkId, Rc<Link>>>,
     /// Current cost of each inter-router connector, by name (changed live
-    /// by a config reload), and the link it has up, if any.
-    connector_costs: RefCell<HashMap<String, u32>>,
-    connector_links: RefCell<HashMap<String, LinkId>>,
+    /// by a config reload or management), and the link it has up, if any.
+    pub(crate) connector_costs: RefCell<HashMap<String, u32>>,
+    pub(crate) connector_links: RefCell<HashMap<String, LinkId>>,
     next_link_id: Cell<u64>,
     next_flow_key: Cell<u64>,
     active_flows: RefCell<HashMap<(String, String), u32>>,
     connector_rr: RefCell<HashMap<String, usize>>,
     choice_turns: RefCell<HashMap<String, usize>>,
-    gates: RefCell<Vec<ListenerGate>>,
+    pub(crate) gates: RefCell<Vec<ListenerGate>>,
+    /// What runs live and can be created or deleted by management
+    /// (see [`crate::reconfig`]).
+    pub(crate) live: crate::reconfig::LiveConfig,
+    /// Per-address TCP flow counters (management and metrics).
+    pub(crate) flow_stats: RefCell<BTreeMap<String, Rc<crate::reconfig::FlowStats>>>,
+    /// AMQP client connections, by connection id.
+    pub(crate) clients: RefCell<BTreeMap<u64, Rc<crate::reconfig::ClientInfo>>>,
+    pub started: Instant,
+    pub started_wall: std::time::SystemTime,
 }
 
-struct ListenerGate {
-    cfg: TcpListenerConfig,
-    accept_task: Option<JoinHandle<()>>,
+pub(crate) struct ListenerGate {
+    pub(crate) cfg: TcpListenerConfig,
+    pub(crate) accept_task: Option<JoinHandle<()>>,
     retry_pending: bool,
+}
+
+impl ListenerGate {
+    pub(crate) fn new(cfg: TcpListenerConfig) -> ListenerGate {
+        ListenerGate {
+            cfg,
+            accept_task: None,
+            retry_pending: false,
+        }
+    }
 }
 
 /// Where a new flow goes.
@@ -157,11 +176,9 @@ impl Router {
 
     /// Round-robin over this router's `tcp_connector`s for `address`.
     pub fn pick_local_connector(&self, address: &str) -> Option<TcpConnectorConfig> {
-        let candidates: Vec<&TcpConnectorConfig> = self
-            .tcp_connectors
-            .iter()
-            .filter(|c| c.address == address)
-            .collect();
+        let connectors = self.tcp_connectors.borrow();
+        let candidates: Vec<&TcpConnectorConfig> =
+            connectors.iter().filter(|c| c.address == address).collect();
         if candidates.is_empty() {
             return None;
         }
@@ -189,7 +206,7 @@ impl Router {
     /// Runs the routing engine's due timers, sends what it wants sent and
     /// acts on its events. Called after every input to the engine and by
     /// the engine timer task.
-    fn pump(self: &Rc<Self>) {
+    pub(crate) fn pump(self: &Rc<Self>) {
         let now = now_std();
         let mut events = Vec::new();
         {
@@ -265,7 +282,7 @@ impl Router {
         *before = now;
     }
 
-    fn is_reachable(&self, address: &str) -> bool {
+    pub(crate) fn is_reachable(&self, address: &str) -> bool {
         !self
             .engine
             .borrow()
@@ -275,6 +292,9 @@ impl Router {
 
     /// Whether a message address has a consumer anywhere.
     pub fn message_reachable(&self, address: &str) -> bool {
+        if crate::messages::is_local_only(address) {
+            return true;
+        }
         !self
             .engine
             .borrow()
@@ -287,6 +307,7 @@ impl Router {
     pub fn update_local_addresses(self: &Rc<Self>) {
         let mut local: Vec<String> = self
             .tcp_connectors
+            .borrow()
             .iter()
             .map(|c| tcp_address(&c.address))
             .collect();
@@ -301,6 +322,9 @@ impl Router {
     /// destination, chosen like flows but weighted by unsettled deliveries;
     /// multicast: this router's consumers only, see messages.rs).
     pub fn message_targets_ingress(&self, address: &str) -> Vec<Dest> {
+        if crate::messages::is_local_only(address) {
+            return vec![Dest::Local];
+        }
         let distribution = distribution_for(&self.addresses.borrow(), address);
         let engine = self.engine.borrow();
         let offers = engine.destinations(&MessageCore::engine_address(address));
@@ -443,9 +467,9 @@ impl Router {
 
     /// Opens or closes TCP listeners as their addresses become reachable or
     /// unreachable: clients are refused while there is nowhere to go.
-    fn sync_gates(self: &Rc<Self>) {
+    pub(crate) fn sync_gates(self: &Rc<Self>) {
         let mut gates = self.gates.borrow_mut();
-        for (idx, gate) in gates.iter_mut().enumerate() {
+        for gate in gates.iter_mut() {
             let reachable = self.is_reachable(&gate.cfg.address);
             match (reachable, gate.accept_task.is_some()) {
                 (true, false) => {
@@ -470,9 +494,15 @@ impl Router {
                             if !gate.retry_pending {
                                 gate.retry_pending = true;
                                 let router = self.clone();
+                                let name = gate.cfg.name.clone();
                                 tokio::task::spawn_local(async move {
                                     tokio::time::sleep(Duration::from_secs(1)).await;
-                                    if let Some(g) = router.gates.borrow_mut().get_mut(idx) {
+                                    if let Some(g) = router
+                                        .gates
+                                        .borrow_mut()
+                                        .iter_mut()
+                                        .find(|g| g.cfg.name == name)
+                                    {
                                         g.retry_pending = false;
                                     }
                                     router.sync_gates();
@@ -551,6 +581,7 @@ impl Router {
         stream: S,
         side: Side,
         how: String,
+        peer: String,
         connector: Option<String>,
     ) -> Result<Duration, LinkError>
     where
@@ -560,12 +591,20 @@ impl Router {
             Side::Connector { cost } => cost,
             Side::Listener => 1,
         };
+        let dir = match side {
+            Side::Connector { .. } => "out",
+            Side::Listener => "in",
+        };
         let (link, driver) = establish(self, stream, side).await?;
+        link.dir.set(dir);
+        *link.peer_addr.borrow_mut() = peer.clone();
         let started = Instant::now();
         if let Some(name) = &connector {
             self.connector_links
                 .borrow_mut()
                 .insert(name.clone(), link.id);
+            self.live
+                .connector_status(name, "UP", &format!("linked to {}", link.peer_id));
         }
         self.link_up(&link, &how, own_cost);
         let reason = driver.await;
@@ -580,7 +619,7 @@ impl Router {
     }
 }
 
-fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+pub(crate) fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
     (host, port)
         .to_socket_addrs()?
         .next()
@@ -600,7 +639,7 @@ async fn accept_clients(router: Rc<Router>, address: String, listener: TcpListen
     }
 }
 
-async fn accept_links(
+pub(crate) async fn accept_links(
     router: Rc<Router>,
     cfg: ListenerConfig,
     listener: TcpListener,
@@ -636,7 +675,13 @@ async fn accept_links(
             let mut tls = tls;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
             if let Err(e) = router
-                .run_link(tls, Side::Listener, format!("accepted from {peer}"), None)
+                .run_link(
+                    tls,
+                    Side::Listener,
+                    format!("accepted from {peer}"),
+                    peer.to_string(),
+                    None,
+                )
                 .await
             {
                 log_link_failure(&format!("inter-router connection from {peer}"), &e);
@@ -646,7 +691,7 @@ async fn accept_links(
 }
 
 /// Accepts AMQP client connections (TLS if configured) and runs each.
-async fn accept_amqp_clients(
+pub(crate) async fn accept_amqp_clients(
     router: Rc<Router>,
     cfg: ClientListenerConfig,
     listener: TcpListener,
@@ -698,7 +743,12 @@ fn log_link_failure(what: &str, e: &LinkError) {
     }
 }
 
-async fn connector_loop(router: Rc<Router>, cfg: ConnectorConfig, tls: Arc<TlsMaterial>) {
+pub(crate) async fn connector_loop(
+    router: Rc<Router>,
+    cfg: ConnectorConfig,
+    tls: Arc<TlsMaterial>,
+    state: Rc<crate::reconfig::ConnectorState>,
+) {
     let client = if cfg.verify_hostname {
         tls.client.clone()
     } else {
@@ -708,13 +758,26 @@ async fn connector_loop(router: Rc<Router>, cfg: ConnectorConfig, tls: Arc<TlsMa
     let target = format!("{}:{}", cfg.host, cfg.port);
     let mut backoff = BACKOFF_MIN;
     loop {
-        match connect_once(&router, &cfg, &connector).await {
+        if state.stopped.get() {
+            return;
+        }
+        state.set("CONNECTING", "");
+        let result = connect_once(&router, &cfg, &connector).await;
+        state.attempts.set(state.attempts.get() + 1);
+        if state.stopped.get() {
+            return;
+        }
+        match result {
             Ok(up_for) => {
+                state.set("CONNECTING", "link ended; reconnecting");
                 if up_for >= BACKOFF_RESET_AFTER {
                     backoff = BACKOFF_MIN;
                 }
             }
-            Err(msg) => tracing::warn!(connector = %cfg.name, "link to {target}: {msg}"),
+            Err(msg) => {
+                tracing::warn!(connector = %cfg.name, "link to {target}: {msg}");
+                state.set("FAILED", &msg);
+            }
         }
         // Jitter spreads reconnects of many routers after a shared failure.
         let half = backoff / 2;
@@ -761,7 +824,13 @@ async fn connect_once(
         .copied()
         .unwrap_or(cfg.cost);
     router
-        .run_link(tls, Side::Connector { cost }, how, Some(cfg.name.clone()))
+        .run_link(
+            tls,
+            Side::Connector { cost },
+            how,
+            format!("{}:{}", cfg.host, cfg.port),
+            Some(cfg.name.clone()),
+        )
         .await
         .map_err(|e| match e {
             LinkError::DuplicateId(_) => {
@@ -878,7 +947,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             window_credits,
             max_delivery,
         },
-        tcp_connectors: config.tcp_connectors.clone(),
+        tcp_connectors: RefCell::new(config.tcp_connectors.clone()),
         addresses: RefCell::new(config.addresses.clone()),
         engine: RefCell::new(RoutingEngine::new(EngineConfig {
             router_id: config.router.id.clone(),
@@ -893,13 +962,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         engine_timer: Notify::new(),
         reachable: RefCell::new(BTreeSet::new()),
         links: RefCell::new(BTreeMap::new()),
-        connector_costs: RefCell::new(
-            config
-                .connectors
-                .iter()
-                .map(|c| (c.name.clone(), c.cost))
-                .collect(),
-        ),
+        connector_costs: RefCell::new(HashMap::new()),
         connector_links: RefCell::new(HashMap::new()),
         next_link_id: Cell::new(0),
         next_flow_key: Cell::new(0),
@@ -910,63 +973,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config
                 .tcp_listeners
                 .iter()
-                .map(|cfg| ListenerGate {
-                    cfg: cfg.clone(),
-                    accept_task: None,
-                    retry_pending: false,
-                })
+                .cloned()
+                .map(ListenerGate::new)
                 .collect(),
         ),
+        live: crate::reconfig::LiveConfig::new(&config),
+        flow_stats: RefCell::new(BTreeMap::new()),
+        clients: RefCell::new(BTreeMap::new()),
+        started: Instant::now(),
+        started_wall: std::time::SystemTime::now(),
     });
     tracing::info!(router = %router.id, "router starting");
 
-    let profile = |name: &str| -> Result<Arc<TlsMaterial>, String> {
-        config
-            .tls
-            .get(name)
-            .map(|p| p.material.clone())
-            .ok_or_else(|| format!("no TLS profile named {name:?}"))
-    };
     for l in &config.listeners {
-        let addr = resolve(&l.host, l.port)
-            .map_err(|e| format!("{}: cannot resolve {}:{}: {e}", l.name, l.host, l.port))?;
-        let listener = tether_tcp::bind_listener(addr)
-            .map_err(|e| format!("{}: cannot listen on {addr}: {e}", l.name))?;
-        tracing::info!(listener = %l.name, "inter-router listener on {addr}");
-        tokio::task::spawn_local(accept_links(
-            router.clone(),
-            l.clone(),
-            listener,
-            profile(&l.tls)?,
-        ));
+        router.start_listener(l.clone())?;
     }
     for c in &config.connectors {
-        tokio::task::spawn_local(connector_loop(router.clone(), c.clone(), profile(&c.tls)?));
+        router.start_connector(c.clone())?;
     }
     for cl in &config.client_listeners {
-        let addr = resolve(&cl.host, cl.port)
-            .map_err(|e| format!("{}: cannot resolve {}:{}: {e}", cl.name, cl.host, cl.port))?;
-        let listener = tether_tcp::bind_listener(addr)
-            .map_err(|e| format!("{}: cannot listen on {addr}: {e}", cl.name))?;
-        let tls = match &cl.tls {
-            Some(p) => Some(profile(p)?),
-            None => None,
-        };
-        tracing::info!(listener = %cl.name, tls = cl.tls.is_some(), "AMQP client listener on {addr}");
-        tokio::task::spawn_local(accept_amqp_clients(
-            router.clone(),
-            cl.clone(),
-            listener,
-            tls,
-        ));
+        router.start_client_listener(cl.clone())?;
     }
+    if let Some(http) = &config.http {
+        router.start_http(http)?;
+    }
+    let agent = crate::management::Agent::start(&router);
     router.update_local_addresses();
     router.sync_gates();
     tokio::task::spawn_local(engine_timer(router.clone()));
     tokio::task::spawn_local(reload_on_hangup(router.clone(), config.path.clone()));
+    router.live.started.set(true);
     tracing::info!(router = %router.id, "router ready");
     shutdown.await;
     tracing::info!(router = %router.id, "router stopping");
+    drop(agent);
     // Tell every peer we are going (AMQP Close) and give the link drivers a
     // moment to write it; flows end with the process.
     let links: Vec<Rc<Link>> = router.links.borrow().values().cloned().collect();

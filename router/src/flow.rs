@@ -35,6 +35,7 @@ use crate::link::{
     FlowRef, FlowRoute, Link, COND_FLOW_ABORTED, COND_RESET, COND_SERVICE_UNAVAILABLE,
     OUT_HIGH_WATER,
 };
+use crate::reconfig::FlowStats;
 
 /// Direction of one of a flow's two AMQP links, seen from this router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,9 @@ pub struct Flow {
     st: RefCell<FlowState>,
     waker: RefCell<Option<Waker>>,
     finished: Cell<bool>,
+    /// This flow's address's counters (management and metrics).
+    stats: Rc<FlowStats>,
+    opened_at: tokio::time::Instant,
 }
 
 #[derive(Default)]
@@ -95,6 +99,8 @@ impl Flow {
     fn new(link: &Rc<Link>, name: String, address: String, dest_router: String) -> Rc<Flow> {
         let router = &link.router;
         router.flow_opened(&address, &dest_router);
+        let stats = router.flow_stats_for(&address);
+        stats.opened();
         Rc::new(Flow {
             key: router.next_flow_key(),
             name,
@@ -110,6 +116,8 @@ impl Flow {
             }),
             waker: RefCell::new(None),
             finished: Cell::new(false),
+            stats,
+            opened_at: tokio::time::Instant::now(),
         })
     }
 
@@ -296,6 +304,7 @@ impl Flow {
         if done == 0 {
             return;
         }
+        self.stats.add_bytes_out(done_bytes as u64);
         st.rx_outstanding -= done.min(st.rx_outstanding);
         st.credit_owed += done;
         st.credit_owed_bytes += done_bytes;
@@ -410,6 +419,7 @@ impl Flow {
             return;
         }
         st.aborted = Some(reason.clone());
+        self.stats.failed();
         st.queue.clear();
         let send_tx = !st.tx_local_detached;
         let send_rx = !st.rx_local_detached;
@@ -440,6 +450,7 @@ impl Flow {
         let mut st = self.st.borrow_mut();
         if st.aborted.is_none() {
             st.aborted = Some(format!("link down: {reason}"));
+            self.stats.failed();
         }
         st.tx_remote_detached = true;
         st.rx_remote_detached = true;
@@ -577,7 +588,8 @@ impl Flow {
                 self.release_done_handles();
                 Poll::Ready(true)
             }
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
+                self.stats.add_bytes_in(n as u64);
                 let mut st = self.st.borrow_mut();
                 st.credit = st.credit.saturating_sub(1);
                 st.delivery_count = st.delivery_count.wrapping_add(1);
@@ -595,6 +607,7 @@ impl Flow {
 
 impl Drop for Flow {
     fn drop(&mut self) {
+        self.stats.closed(self.opened_at.elapsed());
         self.link
             .router
             .flow_closed(&self.address, &self.dest_router);

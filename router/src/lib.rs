@@ -7,12 +7,18 @@
 //! that ties them together), [`demo`] (the three-site demo).
 
 pub mod amqp;
+pub mod cli_mgmt;
 pub mod client;
 pub mod config;
 pub mod core;
 pub mod demo;
 pub mod flow;
+pub mod http;
 pub mod link;
+pub mod management;
 pub mod messages;
+pub mod metrics;
+pub mod mgmt_client;
+pub mod reconfig;
 pub mod relay;
 pub mod tls;

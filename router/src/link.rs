@@ -135,6 +135,30 @@ pub struct Link {
     next_delivery_id: Cell<u32>,
     flows: RefCell<HashMap<u64, FlowRef>>,
     down: Cell<bool>,
+    /// Set by [`Link::close`]: the driver ends once the Close is written.
+    closing: RefCell<Option<String>>,
+    /// Traffic counters (management and metrics).
+    pub stats: LinkStats,
+    /// When the link came up.
+    pub opened_at: Instant,
+    /// The peer's socket address and how the link was made ("in"/"out").
+    pub peer_addr: RefCell<String>,
+    pub dir: Cell<&'static str>,
+}
+
+/// Bytes and frames a link carried, each way.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub frames_in: Cell<u64>,
+    /// Frames queued for the peer (transfers and performatives; a flow's
+    /// socket read is one transfer).
+    pub frames_out: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get().wrapping_add(n));
 }
 
 #[derive(Default)]
@@ -164,6 +188,7 @@ impl Link {
     /// The outgoing buffer itself, for flows that read a socket straight
     /// into it. The caller wakes the driver afterwards.
     pub fn out_buffer(&self) -> std::cell::RefMut<'_, BytesMut> {
+        bump(&self.stats.frames_out, 1);
         self.out.borrow_mut()
     }
 
@@ -173,6 +198,7 @@ impl Link {
 
     /// Runs `f` on the outgoing buffer and wakes the driver to write it.
     pub fn with_out<R>(&self, f: impl FnOnce(&mut BytesMut) -> R) -> R {
+        bump(&self.stats.frames_out, 1);
         let r = f(&mut self.out.borrow_mut());
         self.wake_driver();
         r
@@ -265,12 +291,22 @@ impl Link {
     /// Appends a performative without waking the driver: the caller wakes
     /// it once everything that belongs in the same write is queued.
     pub fn append_performative(&self, p: &Performative) {
+        bump(&self.stats.frames_out, 1);
         if let Err(e) = encode_performative(&mut self.out.borrow_mut(), 0, p) {
             tracing::error!(link = self.id, "cannot encode performative: {e}");
         }
     }
 
     /// Closes the connection politely (no error): the router is stopping.
+    /// Closes the link from this side (a connector or listener was
+    /// deleted): the peer gets a Close, and the driver ends once it is
+    /// written.
+    pub fn close(&self, why: &str) {
+        self.send_close(why);
+        *self.closing.borrow_mut() = Some(why.to_string());
+        self.wake_driver();
+    }
+
     pub fn send_close(&self, why: &str) {
         let close = Close {
             error: Some(amqp_error("tether:router-shutdown", why.to_string())),
@@ -686,6 +722,8 @@ pub enum LinkError {
     Decode(DecodeError),
     Protocol(String),
     PeerClosed(String),
+    /// This router closed it (its connector or listener was deleted).
+    LocalClose(String),
     DuplicateId(String),
     Silent(Duration),
     Closed,
@@ -706,6 +744,7 @@ impl std::fmt::Display for LinkError {
                 write!(f, "peer silent for {} ms (dead interval)", d.as_millis())
             }
             LinkError::Closed => write!(f, "connection closed by peer"),
+            LinkError::LocalClose(why) => write!(f, "closed here: {why}"),
         }
     }
 }
@@ -879,6 +918,11 @@ where
         next_delivery_id: Cell::new(0),
         flows: RefCell::new(HashMap::new()),
         down: Cell::new(false),
+        closing: RefCell::new(None),
+        stats: LinkStats::default(),
+        opened_at: Instant::now(),
+        peer_addr: RefCell::new(String::new()),
+        dir: Cell::new(""),
     });
     // Our control sender, then whatever routing wants to say first.
     link.send_attach(
@@ -963,8 +1007,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
         self.rbuf.reserve(READ_CHUNK);
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
             Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
-            Poll::Ready(Ok(_)) => {
+            Poll::Ready(Ok(n)) => {
                 progress = true;
+                bump(&self.link.stats.bytes_in, n as u64);
                 self.last_recv = Instant::now();
             }
             Poll::Ready(Err(e)) => return Err(LinkError::Io(e)),
@@ -972,7 +1017,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
         }
         loop {
             let frame = match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(frame)) => frame,
+                Ok(Some(frame)) => {
+                    bump(&self.link.stats.frames_in, 1);
+                    frame
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.close_with(e.condition(), &e.to_string());
@@ -1004,6 +1052,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
             match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
                 Poll::Ready(Ok(0)) => return Err(LinkError::Closed),
                 Poll::Ready(Ok(n)) => {
+                    bump(&self.link.stats.bytes_out, n as u64);
                     bytes::Buf::advance(&mut self.wbuf, n);
                     self.sent_since_tick = true;
                     self.flushing = true;
@@ -1018,6 +1067,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LinkDriver<S> {
                 Poll::Ready(Ok(())) => self.flushing = false,
                 Poll::Ready(Err(e)) => return Err(LinkError::Io(e)),
                 Poll::Pending => {}
+            }
+        }
+        if self.wbuf.is_empty() && !self.flushing && self.link.out.borrow().is_empty() {
+            if let Some(why) = self.link.closing.borrow().clone() {
+                return Err(LinkError::LocalClose(why));
             }
         }
         // Heartbeats and the dead interval. The timer fires at the next

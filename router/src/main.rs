@@ -1,10 +1,13 @@
 //! The `tether` command line: run a router, check a config, generate
-//! certificates, or run the local multi-site demo.
+//! certificates, run the local multi-site demo, or manage a running router
+//! over AMQP (`status`, `query`, `create`, `delete`; see
+//! [`tether_router::cli_mgmt`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tether_router::cli_mgmt::{self, MgmtArgs};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +75,47 @@ enum Command {
         /// First of the loopback ports the demo uses (it takes ten).
         #[arg(long, default_value_t = 47100)]
         base_port: u16,
+    },
+    /// Show a router: its links, the routers it reaches, addresses, TCP
+    /// listeners and connectors (over AMQP management).
+    Status {
+        #[command(flatten)]
+        mgmt: MgmtArgs,
+    },
+    /// List the entities of a management type (all attributes unless named).
+    Query {
+        /// Entity type: short (tcpListener, connection, address, router.node, ...)
+        /// or full (io.tether.router.connection).
+        #[arg(value_name = "TYPE")]
+        entity_type: String,
+        /// Attributes to show (default: all).
+        #[arg(value_name = "ATTR")]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        mgmt: MgmtArgs,
+    },
+    /// Create an entity: `tether create tcpListener name=web port=9090 address=web`.
+    Create {
+        /// Entity type, short or full.
+        #[arg(value_name = "TYPE")]
+        entity_type: String,
+        /// Attributes as key=value (name= is required); integers become
+        /// numbers, true/false booleans, quoted values strings.
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        attributes: Vec<String>,
+        #[command(flatten)]
+        mgmt: MgmtArgs,
+    },
+    /// Delete an entity by name.
+    Delete {
+        /// Entity type, short or full.
+        #[arg(value_name = "TYPE")]
+        entity_type: String,
+        /// The entity's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        mgmt: MgmtArgs,
     },
 }
 
@@ -221,6 +265,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { mgmt } => cli_mgmt::status(&mgmt),
+        Command::Query {
+            entity_type,
+            attributes,
+            mgmt,
+        } => cli_mgmt::query(&mgmt, &entity_type, &attributes),
+        Command::Create {
+            entity_type,
+            attributes,
+            mgmt,
+        } => cli_mgmt::create(&mgmt, &entity_type, &attributes),
+        Command::Delete {
+            entity_type,
+            name,
+            mgmt,
+        } => cli_mgmt::delete(&mgmt, &entity_type, &name),
     }
 }
 

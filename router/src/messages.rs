@@ -79,6 +79,12 @@ pub const MULTICAST_QUEUE: usize = 1000;
 /// Engine-address class of message addresses.
 pub const CLASS_MESSAGE: &str = "M";
 
+/// Addresses served by each router for itself, never advertised: a
+/// message to one goes to this router's own consumer.
+pub fn is_local_only(address: &str) -> bool {
+    address == crate::management::MANAGEMENT
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Default, Clone)]
 pub struct MessageStats {
@@ -450,6 +456,19 @@ pub struct MessageCore {
     /// Client senders per address, told when reachability changes.
     senders: RefCell<HashMap<String, Vec<std::rc::Weak<dyn SenderLink>>>>,
     pub stats: RefCell<MessageStats>,
+    /// Deliveries per address (management's router.address counters).
+    pub counters: RefCell<HashMap<String, AddressCounters>>,
+}
+
+/// Deliveries of one address through this router.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AddressCounters {
+    /// Entered the network here (from a client or the management agent).
+    pub ingress: u64,
+    /// Given to consumers here.
+    pub egress: u64,
+    /// Passed on from one router to another.
+    pub transit: u64,
 }
 
 /// Where a message goes from the ingress.
@@ -476,6 +495,7 @@ impl MessageCore {
             turns: RefCell::new(HashMap::new()),
             senders: RefCell::new(HashMap::new()),
             stats: RefCell::new(MessageStats::default()),
+            counters: RefCell::new(HashMap::new()),
         }
     }
 
@@ -489,7 +509,7 @@ impl MessageCore {
         self.addresses
             .borrow()
             .iter()
-            .filter(|(_, a)| !a.consumers.is_empty())
+            .filter(|(k, a)| !a.consumers.is_empty() && !is_local_only(k))
             .map(|(k, _)| Self::engine_address(k))
             .collect()
     }
@@ -712,6 +732,7 @@ impl MessageCore {
             );
             return;
         }
+        self.count_delivery(msg, &targets);
         msg.copies.set(targets.len() as u32);
         msg.to_leave.set(targets.len() as u32);
         if !msg.settled && targets.len() == 1 {
@@ -736,6 +757,42 @@ impl MessageCore {
                 Dest::Remote { link, egress } => self.send_remote(msg, &link, &egress),
             }
         }
+    }
+
+    fn count_delivery(&self, msg: &Msg, targets: &[Dest]) {
+        let from_router = msg.source_in.borrow().is_some();
+        let mut counters = self.counters.borrow_mut();
+        let c = match counters.get_mut(&msg.address) {
+            Some(c) => c,
+            None => counters.entry(msg.address.clone()).or_default(),
+        };
+        if !from_router {
+            c.ingress += 1;
+        }
+        for t in targets {
+            match t {
+                Dest::Local | Dest::LocalAll => c.egress += 1,
+                Dest::Remote { .. } if from_router => c.transit += 1,
+                Dest::Remote { .. } => {}
+            }
+        }
+    }
+
+    /// Local consumers per address: (address, consumers, in-process ones).
+    pub fn local_consumers(&self) -> Vec<(String, usize, usize)> {
+        self.addresses
+            .borrow()
+            .iter()
+            .filter(|(_, st)| !st.consumers.is_empty())
+            .map(|(a, st)| {
+                let in_process = st
+                    .consumers
+                    .iter()
+                    .filter(|c| c.key > u64::MAX - 16)
+                    .count();
+                (a.clone(), st.consumers.len() - in_process, in_process)
+            })
+            .collect()
     }
 
     /// A copy of `msg` for every local consumer of its address, each

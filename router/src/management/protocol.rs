@@ -1,0 +1,512 @@
+//! The AMQP Management request/response protocol, sans-IO: a request
+//! message in, a response message out, against an [`EntityStore`].
+//!
+//! The wire format is the one Qpid Dispatch and skupper-router speak (and
+//! their `qdstat`/`skstat`, `qdmanage`/`skmanage` tools send): the request's
+//! `application_properties` carry `operation`, `type` (or `entityType` for
+//! QUERY), `name`/`identity`, `offset`/`count`; the body is a map (QUERY:
+//! `attributeNames`; CREATE/UPDATE: attribute values). The response copies
+//! the request's `message_id` (or `correlation_id`) into `correlation_id`
+//! and carries `statusCode`/`statusDescription`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde_amqp::primitives::OrderedMap;
+use serde_amqp::Value;
+use tether_protocol::types::messaging::message::__private::{Deserializable, Serializable};
+use tether_protocol::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
+};
+use tether_protocol::types::primitives::SimpleValue;
+
+use super::schema::{self, EntityType, OPERATIONS_GLOBAL};
+
+/// The type of the management node itself (`type` of node requests).
+pub const NODE_TYPE: &str = "org.amqp.management";
+
+/// Attribute values of one entity, in its type's attribute order.
+pub type Record = Vec<Value>;
+
+/// An error answered to the client: a status code and a description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MgmtError {
+    pub status: u16,
+    pub description: String,
+}
+
+impl MgmtError {
+    pub fn bad_request(d: impl Into<String>) -> MgmtError {
+        MgmtError {
+            status: 400,
+            description: d.into(),
+        }
+    }
+    pub fn not_found(d: impl Into<String>) -> MgmtError {
+        MgmtError {
+            status: 404,
+            description: d.into(),
+        }
+    }
+    pub fn forbidden(d: impl Into<String>) -> MgmtError {
+        MgmtError {
+            status: 403,
+            description: d.into(),
+        }
+    }
+    pub fn not_implemented(d: impl Into<String>) -> MgmtError {
+        MgmtError {
+            status: 501,
+            description: d.into(),
+        }
+    }
+    pub fn internal(d: impl Into<String>) -> MgmtError {
+        MgmtError {
+            status: 500,
+            description: d.into(),
+        }
+    }
+}
+
+/// Attributes given to CREATE or UPDATE, by name.
+pub type Attributes = BTreeMap<String, Value>;
+
+/// What the protocol needs from the router: its entities, and changes.
+pub trait EntityStore {
+    /// How many entities of `ty` exist.
+    fn count(&self, ty: &EntityType) -> usize;
+    /// The entities of `ty` at positions `range` (a stable order, by
+    /// identity), each in `ty.attributes` order.
+    fn list(&self, ty: &EntityType, range: Range<usize>) -> Vec<Record>;
+    /// One entity by name or identity.
+    fn read(&self, ty: &EntityType, name: &str) -> Option<Record>;
+    fn create(&self, ty: &EntityType, name: &str, attrs: &Attributes) -> Result<Record, MgmtError>;
+    fn update(&self, ty: &EntityType, name: &str, attrs: &Attributes) -> Result<Record, MgmtError>;
+    fn delete(&self, ty: &EntityType, name: &str) -> Result<(), MgmtError>;
+    /// Management nodes of every router reachable (GET-MGMT-NODES).
+    fn mgmt_nodes(&self) -> Vec<String>;
+}
+
+/// A decoded management request.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub operation: String,
+    pub entity_type: Option<String>,
+    pub name: Option<String>,
+    pub identity: Option<String>,
+    pub offset: Option<i64>,
+    pub count: Option<i64>,
+    pub body: Value,
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<MessageId>,
+}
+
+/// A response to send back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub description: String,
+    pub body: Value,
+}
+
+impl Response {
+    fn ok(status: u16, body: Value) -> Response {
+        Response {
+            status,
+            description: status_text(status).to_string(),
+            body,
+        }
+    }
+
+    fn error(e: MgmtError) -> Response {
+        Response {
+            status: e.status,
+            description: e.description,
+            body: Value::Map(OrderedMap::new()),
+        }
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        501 => "Not Implemented",
+        _ => "Internal Server Error",
+    }
+}
+
+/// Why a request message could not be decoded at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+/// Decodes a request from the message's encoded sections.
+pub fn decode_request(payload: &[u8]) -> Result<Request, DecodeError> {
+    let msg: Deserializable<Message<Body<Value>>> =
+        serde_amqp::from_slice(payload).map_err(|e| DecodeError(e.to_string()))?;
+    let msg = msg.0;
+    let mut req = Request::default();
+    if let Some(p) = &msg.properties {
+        req.reply_to = p.reply_to.clone();
+        // Dispatch answers with the request's message-id, or its
+        // correlation-id when there is one.
+        req.correlation_id = p.correlation_id.clone().or_else(|| p.message_id.clone());
+    }
+    if let Some(ap) = &msg.application_properties {
+        let mut ty = None;
+        let mut entity_type = None;
+        for (k, v) in ap.0.iter() {
+            match k.as_str() {
+                "operation" => req.operation = simple_string(v).unwrap_or_default(),
+                "type" => ty = simple_string(v).filter(|s| !s.is_empty()),
+                "entityType" => entity_type = simple_string(v).filter(|s| !s.is_empty()),
+                "name" => req.name = simple_string(v),
+                "identity" => req.identity = simple_string(v),
+                "offset" => req.offset = simple_int(v),
+                "count" => req.count = simple_int(v),
+                _ => {}
+            }
+        }
+        // Requests to the management node itself (QUERY, GET-*) carry the
+        // node's type in `type` and the entity type in `entityType`.
+        req.entity_type = match ty {
+            Some(t) if t != NODE_TYPE => Some(t),
+            _ => entity_type,
+        };
+    }
+    req.body = match msg.body {
+        Body::Value(AmqpValue(v)) => v,
+        _ => Value::Null,
+    };
+    Ok(req)
+}
+
+fn simple_string(v: &SimpleValue) -> Option<String> {
+    match v {
+        SimpleValue::String(s) => Some(s.clone()),
+        SimpleValue::Symbol(s) => Some(s.0.clone()),
+        SimpleValue::Null => None,
+        other => simple_int(other).map(|i| i.to_string()),
+    }
+}
+
+fn simple_int(v: &SimpleValue) -> Option<i64> {
+    Some(match v {
+        SimpleValue::Ubyte(x) => i64::from(*x),
+        SimpleValue::Ushort(x) => i64::from(*x),
+        SimpleValue::Uint(x) => i64::from(*x),
+        SimpleValue::Ulong(x) => i64::try_from(*x).ok()?,
+        SimpleValue::Byte(x) => i64::from(*x),
+        SimpleValue::Short(x) => i64::from(*x),
+        SimpleValue::Int(x) => i64::from(*x),
+        SimpleValue::Long(x) => *x,
+        SimpleValue::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    })
+}
+
+/// Encodes the response message (to the request's `reply_to`).
+pub fn encode_response(req: &Request, resp: Response) -> Vec<u8> {
+    let props = Properties {
+        to: req.reply_to.clone(),
+        correlation_id: req.correlation_id.clone(),
+        ..Properties::default()
+    };
+    let mut ap = OrderedMap::new();
+    ap.insert(
+        "statusCode".to_string(),
+        SimpleValue::Int(i32::from(resp.status)),
+    );
+    ap.insert(
+        "statusDescription".to_string(),
+        SimpleValue::String(resp.description),
+    );
+    let msg = Message {
+        header: None,
+        delivery_annotations: None,
+        message_annotations: None,
+        properties: Some(props),
+        application_properties: Some(ApplicationProperties(ap)),
+        body: Body::Value(AmqpValue(resp.body)),
+        footer: None,
+    };
+    // Encoding a message built from plain values cannot fail; an empty
+    // payload would be refused by the client, so it is never sent.
+    serde_amqp::to_vec(&Serializable(msg)).unwrap_or_default()
+}
+
+/// Answers one request.
+pub fn handle(store: &dyn EntityStore, req: &Request) -> Response {
+    match handle_inner(store, req) {
+        Ok(r) => r,
+        Err(e) => Response::error(e),
+    }
+}
+
+fn handle_inner(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> {
+    let op = req.operation.to_ascii_uppercase();
+    match op.as_str() {
+        "GET-MGMT-NODES" => Ok(Response::ok(
+            200,
+            Value::List(store.mgmt_nodes().into_iter().map(Value::String).collect()),
+        )),
+        "GET-TYPES" => Ok(Response::ok(200, get_types(req)?)),
+        "GET-ATTRIBUTES" => Ok(Response::ok(200, get_attributes(req)?)),
+        "GET-OPERATIONS" => Ok(Response::ok(200, get_operations(req)?)),
+        "GET-ANNOTATIONS" => Ok(Response::ok(200, Value::Map(OrderedMap::new()))),
+        "GET-LOG" => Err(MgmtError::not_implemented(
+            "GET-LOG: this router keeps no log buffer; its log goes to stderr (RUST_LOG sets the level)",
+        )),
+        "QUERY" => query(store, req),
+        "READ" => {
+            let (ty, name) = target(req)?;
+            store
+                .read(ty, &name)
+                .map(|r| Response::ok(200, record_map(ty, r)))
+                .ok_or_else(|| MgmtError::not_found(format!("no {} named {name:?}", ty.short)))
+        }
+        "CREATE" => {
+            let ty = required_type(req)?;
+            allowed(ty, "CREATE")?;
+            let attrs = body_attributes(&req.body)?;
+            let name = req
+                .name
+                .clone()
+                .or_else(|| attr_string(&attrs, "name"))
+                .ok_or_else(|| MgmtError::bad_request("CREATE needs a name"))?;
+            if store.read(ty, &name).is_some() {
+                return Err(MgmtError::bad_request(format!(
+                    "a {} named {name:?} already exists",
+                    ty.short
+                )));
+            }
+            let r = store.create(ty, &name, &attrs)?;
+            Ok(Response::ok(201, record_map(ty, r)))
+        }
+        "UPDATE" => {
+            let (ty, name) = target(req)?;
+            allowed(ty, "UPDATE")?;
+            let attrs = body_attributes(&req.body)?;
+            if store.read(ty, &name).is_none() {
+                return Err(MgmtError::not_found(format!("no {} named {name:?}", ty.short)));
+            }
+            let r = store.update(ty, &name, &attrs)?;
+            Ok(Response::ok(200, record_map(ty, r)))
+        }
+        "DELETE" => {
+            let (ty, name) = target(req)?;
+            allowed(ty, "DELETE")?;
+            if store.read(ty, &name).is_none() {
+                return Err(MgmtError::not_found(format!("no {} named {name:?}", ty.short)));
+            }
+            store.delete(ty, &name)?;
+            Ok(Response::ok(204, Value::Map(OrderedMap::new())))
+        }
+        "" => Err(MgmtError::bad_request("no operation in application_properties")),
+        other => Err(MgmtError::not_implemented(format!(
+            "unknown operation {other:?}; supported: {}",
+            OPERATIONS_GLOBAL.join(", ")
+        ))),
+    }
+}
+
+fn required_type(req: &Request) -> Result<&'static EntityType, MgmtError> {
+    let t = req
+        .entity_type
+        .as_deref()
+        .ok_or_else(|| MgmtError::bad_request("no type in application_properties"))?;
+    schema::lookup(t).ok_or_else(|| MgmtError::not_found(format!("unknown entity type {t:?}")))
+}
+
+/// The entity a READ/UPDATE/DELETE names: its type and name (or identity).
+fn target(req: &Request) -> Result<(&'static EntityType, String), MgmtError> {
+    let ty = required_type(req)?;
+    let name = req
+        .name
+        .clone()
+        .or_else(|| req.identity.clone())
+        .ok_or_else(|| {
+            MgmtError::bad_request(format!("{} needs a name or identity", req.operation))
+        })?;
+    Ok((ty, name))
+}
+
+fn allowed(ty: &EntityType, op: &str) -> Result<(), MgmtError> {
+    if ty.operations.contains(&op) {
+        Ok(())
+    } else {
+        Err(MgmtError::bad_request(format!(
+            "{op} is not allowed on {}; allowed: {}",
+            ty.short,
+            ty.operations.join(", ")
+        )))
+    }
+}
+
+fn query(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> {
+    let ty = required_type(req)?;
+    // Requested attribute names, in the requester's order; none = all.
+    let mut names: Vec<String> = Vec::new();
+    if let Value::Map(m) = &req.body {
+        match m.get(&Value::String("attributeNames".into())) {
+            Some(Value::List(l)) | Some(Value::Array(serde_amqp::primitives::Array(l))) => {
+                for v in l {
+                    match v {
+                        Value::String(s) => names.push(s.clone()),
+                        Value::Symbol(s) => names.push(s.0.clone()),
+                        other => {
+                            return Err(MgmtError::bad_request(format!(
+                                "attributeNames must be strings, got {other:?}"
+                            )))
+                        }
+                    }
+                }
+            }
+            None | Some(Value::Null) => {}
+            Some(other) => {
+                return Err(MgmtError::bad_request(format!(
+                    "attributeNames must be a list, got {other:?}"
+                )))
+            }
+        }
+    }
+    if names.is_empty() {
+        names = ty.attributes.iter().map(|s| s.to_string()).collect();
+    }
+    let index: Vec<Option<usize>> = names
+        .iter()
+        .map(|n| ty.attributes.iter().position(|a| a == n))
+        .collect();
+    let total = store.count(ty);
+    let offset = usize::try_from(req.offset.unwrap_or(0).max(0)).unwrap_or(0);
+    let count = match req.count {
+        Some(c) if c >= 0 => usize::try_from(c).unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    };
+    let start = offset.min(total);
+    let end = start.saturating_add(count).min(total);
+    let rows = store.list(ty, start..end);
+    let results: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            Value::List(
+                index
+                    .iter()
+                    .map(|i| i.and_then(|i| r.get(i).cloned()).unwrap_or(Value::Null))
+                    .collect(),
+            )
+        })
+        .collect();
+    let mut body = OrderedMap::new();
+    body.insert(
+        Value::String("attributeNames".into()),
+        Value::List(names.into_iter().map(Value::String).collect()),
+    );
+    body.insert(Value::String("results".into()), Value::List(results));
+    Ok(Response::ok(200, Value::Map(body)))
+}
+
+/// A record as a map of attribute name to value (READ, CREATE, UPDATE).
+fn record_map(ty: &EntityType, r: Record) -> Value {
+    let mut m = OrderedMap::new();
+    for (name, v) in ty.attributes.iter().zip(r) {
+        m.insert(Value::String(name.to_string()), v);
+    }
+    Value::Map(m)
+}
+
+fn body_attributes(body: &Value) -> Result<Attributes, MgmtError> {
+    match body {
+        Value::Map(m) => {
+            let mut out = Attributes::new();
+            for (k, v) in m.iter() {
+                let k = match k {
+                    Value::String(s) => s.clone(),
+                    Value::Symbol(s) => s.0.clone(),
+                    other => {
+                        return Err(MgmtError::bad_request(format!(
+                            "attribute names must be strings, got {other:?}"
+                        )))
+                    }
+                };
+                out.insert(k, v.clone());
+            }
+            Ok(out)
+        }
+        Value::Null => Ok(Attributes::new()),
+        other => Err(MgmtError::bad_request(format!(
+            "the body must be a map of attributes, got {other:?}"
+        ))),
+    }
+}
+
+/// A string attribute (strings and symbols), if present and not null.
+pub fn attr_string(attrs: &Attributes, key: &str) -> Option<String> {
+    match attrs.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.0.clone()),
+        _ => None,
+    }
+}
+
+/// The types this agent manages (GET-TYPES: type -> the types it extends).
+fn get_types(req: &Request) -> Result<Value, MgmtError> {
+    let mut m = OrderedMap::new();
+    for ty in types_for(req)? {
+        m.insert(
+            Value::String(ty.full_name()),
+            Value::List(vec![Value::String(format!(
+                "{}entity",
+                schema::PREFIX_TETHER
+            ))]),
+        );
+    }
+    Ok(Value::Map(m))
+}
+
+fn get_attributes(req: &Request) -> Result<Value, MgmtError> {
+    let mut m = OrderedMap::new();
+    for ty in types_for(req)? {
+        m.insert(
+            Value::String(ty.full_name()),
+            Value::List(
+                ty.attributes
+                    .iter()
+                    .map(|a| Value::String(a.to_string()))
+                    .collect(),
+            ),
+        );
+    }
+    Ok(Value::Map(m))
+}
+
+fn get_operations(req: &Request) -> Result<Value, MgmtError> {
+    let mut m = OrderedMap::new();
+    for ty in types_for(req)? {
+        m.insert(
+            Value::String(ty.full_name()),
+            Value::List(
+                ty.operations
+                    .iter()
+                    .map(|a| Value::String(a.to_string()))
+                    .collect(),
+            ),
+        );
+    }
+    Ok(Value::Map(m))
+}
+
+/// The one type a GET-* request names, or all of them.
+fn types_for(req: &Request) -> Result<Vec<&'static EntityType>, MgmtError> {
+    match &req.entity_type {
+        Some(_) => Ok(vec![required_type(req)?]),
+        None => Ok(schema::TYPES.iter().collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
