@@ -843,10 +843,13 @@ impl StatusReport {
                         continue;
                     }
                     let text = match (k.as_str(), v.as_i64()) {
-                        ("uptimeSeconds", Some(s)) => format!("{} ({s} s)", format_uptime(s)),
+                        ("uptimeSeconds", Some(s)) if s >= 60 => {
+                            format!("{} ({s} s)", format_uptime(s))
+                        }
+                        ("uptimeSeconds", Some(s)) => format_uptime(s),
                         _ => cell_text(v),
                     };
-                    rows.push((k.clone(), text));
+                    rows.push((router_label(k), text));
                 }
                 let w = rows
                     .iter()
@@ -873,6 +876,21 @@ impl StatusReport {
         }
         out
     }
+}
+
+/// The label of a router attribute in the table report.
+fn router_label(attr: &str) -> String {
+    match attr {
+        "uptimeSeconds" => "uptime",
+        "connectionCount" => "connections",
+        "nodeCount" => "routers",
+        "addrCount" => "addresses",
+        "linkCount" => "links",
+        "flowsActive" => "flows active",
+        "flowsOpened" => "flows opened",
+        other => other,
+    }
+    .to_string()
 }
 
 fn names(attrs: &[&str]) -> Vec<String> {
@@ -1434,7 +1452,8 @@ x         1         -
 
         let t = report.to_table();
         assert!(t.starts_with("Router east\n"), "{t}");
-        assert!(t.contains("uptimeSeconds  1h 2m 3s (3723 s)"), "{t}");
+        assert!(t.contains("\n  uptime        1h 2m 3s (3723 s)\n"), "{t}");
+        assert!(t.contains("\n  flows active  2\n"), "{t}");
         assert!(
             t.contains("\nInter-router links\n  peer   dir  cost  host"),
             "{t}"

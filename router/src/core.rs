@@ -106,6 +106,10 @@ pub struct Router {
     pub(crate) clients: RefCell<BTreeMap<u64, Rc<crate::reconfig::ClientInfo>>>,
     pub started: Instant,
     pub started_wall: std::time::SystemTime,
+    /// Changes whenever the set of addresses known here may have changed
+    /// (management caches its sorted address list against it).
+    pub(crate) address_generation: Cell<u64>,
+    pub(crate) address_index: RefCell<Option<(u64, crate::management::store::AddressIndex)>>,
 }
 
 pub(crate) struct ListenerGate {
@@ -259,9 +263,16 @@ impl Router {
             }
         }
         if addresses_changed {
+            self.addresses_changed();
             self.log_reachability();
             self.sync_gates();
         }
+    }
+
+    /// The set of addresses may have changed (management's cache).
+    pub(crate) fn addresses_changed(&self) {
+        self.address_generation
+            .set(self.address_generation.get().wrapping_add(1));
     }
 
     fn log_reachability(&self) {
@@ -312,6 +323,7 @@ impl Router {
             .map(|c| tcp_address(&c.address))
             .collect();
         local.extend(self.messages.local_addresses());
+        self.addresses_changed();
         self.engine
             .borrow_mut()
             .set_local_addresses(now_std(), local);
@@ -982,6 +994,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         clients: RefCell::new(BTreeMap::new()),
         started: Instant::now(),
         started_wall: std::time::SystemTime::now(),
+        address_generation: Cell::new(0),
+        address_index: RefCell::new(None),
     });
     tracing::info!(router = %router.id, "router starting");
 

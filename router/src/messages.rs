@@ -778,6 +778,21 @@ impl MessageCore {
         }
     }
 
+    /// Local consumers of one address: (client consumers, in-process ones).
+    pub fn consumers_of(&self, address: &str) -> (usize, usize) {
+        match self.addresses.borrow().get(address) {
+            Some(st) => {
+                let in_process = st
+                    .consumers
+                    .iter()
+                    .filter(|c| c.key > u64::MAX - 16)
+                    .count();
+                (st.consumers.len() - in_process, in_process)
+            }
+            None => (0, 0),
+        }
+    }
+
     /// Local consumers per address: (address, consumers, in-process ones).
     pub fn local_consumers(&self) -> Vec<(String, usize, usize)> {
         self.addresses

@@ -170,6 +170,7 @@ impl Router {
             return s.clone();
         }
         let s = Rc::new(FlowStats::default());
+        self.addresses_changed();
         self.flow_stats
             .borrow_mut()
             .insert(address.to_string(), s.clone());
@@ -320,6 +321,7 @@ impl Router {
         drop(bind(&cfg.name, &cfg.host, cfg.port)?);
         tracing::info!(name = %cfg.name, address = %cfg.address, "tcp_listener added on {}:{}", cfg.host, cfg.port);
         self.gates.borrow_mut().push(ListenerGate::new(cfg));
+        self.addresses_changed();
         self.sync_gates();
         Ok(())
     }
@@ -331,6 +333,7 @@ impl Router {
             return false;
         };
         let gate = gates.remove(i);
+        self.addresses_changed();
         if let Some(t) = gate.accept_task {
             t.abort();
         }

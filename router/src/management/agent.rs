@@ -203,10 +203,18 @@ fn answer(router: &Rc<Router>, messages: &Rc<MessageCore>, p: &Pending, seq: u64
                 "management request without reply_to: nowhere to answer",
             ),
             Some(reply_to) => {
+                let started = std::time::Instant::now();
                 let store = RouterStore::new(router);
                 let resp = protocol::handle(&store, &req);
-                tracing::debug!(op = %req.operation, status = resp.status, "management request");
+                let status = resp.status;
                 let payload = protocol::encode_response(&req, resp);
+                tracing::debug!(
+                    op = %req.operation,
+                    status,
+                    bytes = payload.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "management request answered"
+                );
                 send_reply(router, messages, &reply_to, seq, payload);
                 accepted()
             }

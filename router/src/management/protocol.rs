@@ -390,13 +390,26 @@ fn query(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> 
     let start = offset.min(total);
     let end = start.saturating_add(count).min(total);
     let rows = store.list(ty, start..end);
+    // Values move from the records into the answer; only an attribute
+    // asked for twice is copied.
+    let unique = {
+        let mut seen = std::collections::HashSet::new();
+        index.iter().flatten().all(|i| seen.insert(*i))
+    };
     let results: Vec<Value> = rows
         .into_iter()
-        .map(|r| {
+        .map(|mut r| {
             Value::List(
                 index
                     .iter()
-                    .map(|i| i.and_then(|i| r.get(i).cloned()).unwrap_or(Value::Null))
+                    .map(|i| {
+                        match i {
+                            Some(i) if unique => r.get_mut(*i).map(std::mem::take),
+                            Some(i) => r.get(*i).cloned(),
+                            None => None,
+                        }
+                        .unwrap_or(Value::Null)
+                    })
                     .collect(),
             )
         })

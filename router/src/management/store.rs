@@ -34,6 +34,9 @@ impl<'a> RouterStore<'a> {
 struct RecordBuilder {
     ty: &'static EntityType,
     values: Vec<Value>,
+    /// Where the next attribute is looked for first: records are built
+    /// in schema order, so the lookup is one comparison, not a scan.
+    cursor: usize,
 }
 
 impl RecordBuilder {
@@ -42,12 +45,21 @@ impl RecordBuilder {
         values[0] = Value::String(identity.to_string());
         values[1] = Value::String(name.to_string());
         values[2] = Value::String(format!("{}{}", schema::PREFIX_TETHER, ty.short));
-        RecordBuilder { ty, values }
+        RecordBuilder {
+            ty,
+            values,
+            cursor: 3,
+        }
     }
 
     fn set(&mut self, attr: &str, v: impl Into<V>) -> &mut Self {
-        if let Some(i) = self.ty.index(attr) {
+        let at = match self.ty.attributes.get(self.cursor) {
+            Some(a) if *a == attr => Some(self.cursor),
+            _ => self.ty.index(attr),
+        };
+        if let Some(i) = at {
             self.values[i] = v.into().0;
+            self.cursor = i + 1;
         } else {
             debug_assert!(false, "{} has no attribute {attr}", self.ty.short);
         }
@@ -113,6 +125,10 @@ impl From<Value> for V {
     }
 }
 
+/// Every address known here, sorted, each with the number of
+/// tcp_connectors this router has for it.
+pub type AddressIndex = Rc<Vec<(String, usize)>>;
+
 /// A route as router.node shows it: next hop, link, cost.
 type NodeRoute = (String, u64, u64);
 
@@ -134,37 +150,67 @@ fn distribution_name(d: Distribution) -> &'static str {
 }
 
 impl RouterStore<'_> {
-    /// Every address known here, by plain address (no class letter).
-    fn addresses(&self) -> BTreeMap<String, AddressView> {
+    /// Every address known here, by plain address (no class letter),
+    /// sorted: cached until the set of addresses changes (see
+    /// [`Router::address_generation`]), so paging through 10,000
+    /// addresses does not rebuild the list for every page, and the pages
+    /// of one QUERY see one list.
+    fn address_index(&self) -> AddressIndex {
         let r = self.router;
-        let mut out: BTreeMap<String, AddressView> = BTreeMap::new();
+        let generation = r.address_generation.get();
+        if let Some((g, index)) = &*r.address_index.borrow() {
+            if *g == generation {
+                return index.clone();
+            }
+        }
+        // Each address with the number of tcp_connectors here for it.
+        let mut all: BTreeMap<String, usize> = BTreeMap::new();
         {
             let engine = r.engine.borrow();
-            for (key, offers) in engine.addresses() {
-                let Some(plain) = key.get(1..) else { continue };
-                let v = out.entry(plain.to_string()).or_default();
-                for o in offers {
-                    if o.link.is_some() {
-                        v.remote_routers.insert(o.router.clone());
-                    }
+            for (key, _) in engine.addresses() {
+                if let Some(plain) = key.get(1..) {
+                    all.entry(plain.to_string()).or_default();
                 }
             }
         }
-        for (a, local, in_process) in r.messages.local_consumers() {
-            let v = out.entry(a).or_default();
-            v.local += local;
-            v.in_process += in_process;
+        for (a, _, _) in r.messages.local_consumers() {
+            all.entry(a).or_default();
         }
         for c in r.tcp_connectors.borrow().iter() {
-            out.entry(c.address.clone()).or_default().local += 1;
+            *all.entry(c.address.clone()).or_default() += 1;
         }
         for g in r.gates.borrow().iter() {
-            out.entry(g.cfg.address.clone()).or_default();
+            all.entry(g.cfg.address.clone()).or_default();
         }
         for a in r.flow_stats.borrow().keys() {
-            out.entry(a.clone()).or_default();
+            all.entry(a.clone()).or_default();
         }
-        out
+        let index = Rc::new(all.into_iter().collect::<Vec<_>>());
+        *r.address_index.borrow_mut() = Some((generation, index.clone()));
+        index
+    }
+
+    /// Address records for `addresses` (one page).
+    fn address_records(&self, addresses: &[(String, usize)]) -> Vec<Record> {
+        let r = self.router;
+        let engine = r.engine.borrow();
+        addresses
+            .iter()
+            .map(|(a, connectors)| {
+                let mut v = AddressView::default();
+                for class in [crate::messages::CLASS_MESSAGE, "T"] {
+                    for o in engine.destinations(&format!("{class}{a}")) {
+                        if o.link.is_some() {
+                            v.remote_routers.insert(o.router.clone());
+                        }
+                    }
+                }
+                let (local, in_process) = r.messages.consumers_of(a);
+                v.local = local + connectors;
+                v.in_process = in_process;
+                self.address_record(a, &v)
+            })
+            .collect()
     }
 
     fn address_record(&self, address: &str, v: &AddressView) -> Record {
@@ -251,7 +297,7 @@ impl RouterStore<'_> {
             .set("uptimeSeconds", r.started.elapsed().as_secs())
             .set("memoryUsage", rss)
             .set("residentMemoryUsage", rss)
-            .set("addrCount", self.addresses().len())
+            .set("addrCount", self.address_index().len())
             .set("linkCount", self.links().len())
             .set("nodeCount", routers)
             .set("connectionCount", self.connections().len())
@@ -747,11 +793,7 @@ impl RouterStore<'_> {
             Kind::Network => self.network(),
             Kind::Connection => self.connections(),
             Kind::Link => self.links(),
-            Kind::Address => self
-                .addresses()
-                .iter()
-                .map(|(a, v)| self.address_record(a, v))
-                .collect(),
+            Kind::Address => self.address_records(&self.address_index()),
             Kind::Node => self.nodes(),
             Kind::ConfigAddress => self.config_addresses(),
             Kind::Listener => self.listeners(),
@@ -773,7 +815,7 @@ fn hostname() -> Option<String> {
 impl EntityStore for RouterStore<'_> {
     fn count(&self, ty: &EntityType) -> usize {
         match ty.kind {
-            Kind::Address => self.addresses().len(),
+            Kind::Address => self.address_index().len(),
             k => self.all(k).len(),
         }
     }
@@ -782,13 +824,12 @@ impl EntityStore for RouterStore<'_> {
         match ty.kind {
             // Only the page asked for is built: a QUERY of 10,000
             // addresses in pages costs one page of records each.
-            Kind::Address => self
-                .addresses()
-                .iter()
-                .skip(range.start)
-                .take(range.len())
-                .map(|(a, v)| self.address_record(a, v))
-                .collect(),
+            Kind::Address => {
+                let index = self.address_index();
+                let end = range.end.min(index.len());
+                let start = range.start.min(end);
+                self.address_records(&index[start..end])
+            }
             k => {
                 let all = self.all(k);
                 let end = range.end.min(all.len());
