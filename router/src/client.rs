@@ -9,7 +9,7 @@
 //! write them.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
@@ -30,7 +30,7 @@ use crate::core::Router;
 use crate::messages::{
     rejected, Consumer, ConsumerLink, MessageCore, Msg, SenderLink, Upstream, SENDER_WINDOW,
 };
-use crate::reconfig::ClientInfo;
+use crate::reconfig::{ClientInfo, EndpointLink};
 
 const READ_CHUNK: usize = 64 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,6 +65,8 @@ enum ClientLink {
 pub struct ClientSender {
     conn: Weak<ClientConn>,
     link: LinkId,
+    /// What management shows of this link.
+    info: Rc<EndpointLink>,
     /// `None`: anonymous relay (each message's `to`).
     address: Option<String>,
     /// Deliveries received whose credit is not back yet.
@@ -137,6 +139,7 @@ pub struct ClientReceiver {
     conn: Weak<ClientConn>,
     link: LinkId,
     draining: Cell<bool>,
+    info: Rc<EndpointLink>,
 }
 
 impl ConsumerLink for ClientReceiver {
@@ -154,6 +157,9 @@ impl ConsumerLink for ClientReceiver {
 
     fn send(&self, msg: &Msg, frame: &[u8], more: bool, continuing: Option<u64>) -> Option<u64> {
         let conn = self.conn.upgrade()?;
+        if continuing.is_none() {
+            self.info.deliveries.set(self.info.deliveries.get() + 1);
+        }
         let t = OutgoingTransfer {
             tag: msg.tag.clone(),
             settled: msg.settled,
@@ -276,6 +282,7 @@ impl ClientConn {
             }
             Event::SenderAttached {
                 link,
+                name,
                 target,
                 dynamic,
                 ..
@@ -292,9 +299,11 @@ impl ClientConn {
                     .borrow_mut()
                     .accept_attach(link, target.as_deref());
                 let target = target.map(|t| strip_amqp_scheme(&t).to_string());
+                let info = self.info.link_attached(link, name, "in", target.clone());
                 let sender = Rc::new(ClientSender {
                     conn: Rc::downgrade(self),
                     link,
+                    info,
                     address: target.clone(),
                     outstanding: Cell::new(0),
                     current: RefCell::new(None),
@@ -310,6 +319,7 @@ impl ClientConn {
             }
             Event::ReceiverAttached {
                 link,
+                name,
                 source,
                 dynamic,
                 ..
@@ -328,10 +338,14 @@ impl ClientConn {
                     return;
                 };
                 self.engine.borrow_mut().accept_attach(link, Some(&address));
+                let info = self
+                    .info
+                    .link_attached(link, name, "out", Some(address.clone()));
                 let receiver = Rc::new(ClientReceiver {
                     conn: Rc::downgrade(self),
                     link,
                     draining: Cell::new(false),
+                    info,
                 });
                 let address = strip_amqp_scheme(&address).to_string();
                 let consumer = Consumer::new(
@@ -363,6 +377,9 @@ impl ClientConn {
                 }
                 let l = self.links.borrow().get(&link).cloned();
                 if let Some(ClientLink::Sender(s)) = l {
+                    if first {
+                        s.info.deliveries.set(s.info.deliveries.get() + 1);
+                    }
                     self.on_transfer(
                         &s,
                         delivery,
@@ -499,6 +516,7 @@ impl ClientConn {
     }
 
     fn link_gone(self: &Rc<Self>, link: LinkId) {
+        self.info.link_detached(link);
         let l = self.links.borrow_mut().remove(&link);
         match l {
             Some(ClientLink::Sender(s)) => {
@@ -550,7 +568,7 @@ where
         encrypted: cfg.tls.is_some(),
         opened_at: Instant::now(),
         last_delivery: Cell::new(None),
-        links: Cell::new(0),
+        links: RefCell::new(BTreeMap::new()),
     });
     router.client_connected(info.clone());
     let conn = Rc::new(ClientConn {

@@ -94,6 +94,13 @@ pub struct MessageStats {
     pub dropped: u64,
     /// Unsettled messages released or rejected because nobody could take them.
     pub refused: u64,
+    /// Pre-settled messages routed.
+    pub presettled: u64,
+    /// Outcomes of unsettled messages passed back through this router.
+    pub accepted: u64,
+    pub rejected: u64,
+    pub released: u64,
+    pub modified: u64,
 }
 
 /// Where a delivery's outcome goes.
@@ -252,6 +259,16 @@ impl Msg {
     fn settle_upstream(&self, core: &MessageCore, state: DeliveryState) {
         if let Some(egress) = self.egress.borrow_mut().take() {
             core.unsettled_done(&self.address, &egress);
+        }
+        {
+            let mut stats = core.stats.borrow_mut();
+            match &state {
+                DeliveryState::Accepted(_) => stats.accepted += 1,
+                DeliveryState::Rejected(_) => stats.rejected += 1,
+                DeliveryState::Released(_) => stats.released += 1,
+                DeliveryState::Modified(_) => stats.modified += 1,
+                _ => {}
+            }
         }
         let up = std::mem::replace(&mut *self.upstream.borrow_mut(), Upstream::None);
         match up {
@@ -721,7 +738,13 @@ impl MessageCore {
     /// frames): send it to `targets` (one for anycast, several for
     /// multicast). Called by the ingress and by inter-router receivers.
     pub fn route(self: &Rc<Self>, msg: &Rc<Msg>, targets: Vec<Dest>) {
-        self.stats.borrow_mut().received += 1;
+        {
+            let mut stats = self.stats.borrow_mut();
+            stats.received += 1;
+            if msg.settled {
+                stats.presettled += 1;
+            }
+        }
         if targets.is_empty() {
             self.refuse(
                 msg,

@@ -160,7 +160,42 @@ pub struct ClientInfo {
     pub encrypted: bool,
     pub opened_at: Instant,
     pub last_delivery: Cell<Option<Instant>>,
-    pub links: Cell<u64>,
+    /// The client's links, by the connection engine's link id.
+    pub links: RefCell<BTreeMap<u64, Rc<EndpointLink>>>,
+}
+
+/// A client's link, for management (router.link, linkType "endpoint").
+#[derive(Debug)]
+pub struct EndpointLink {
+    pub name: String,
+    /// "in": the client sends to the router; "out": the router sends.
+    pub dir: &'static str,
+    /// `None`: an anonymous-relay sender.
+    pub address: Option<String>,
+    pub deliveries: Cell<u64>,
+}
+
+impl ClientInfo {
+    pub fn link_attached(
+        &self,
+        id: impl Into<u64>,
+        name: String,
+        dir: &'static str,
+        address: Option<String>,
+    ) -> Rc<EndpointLink> {
+        let l = Rc::new(EndpointLink {
+            name,
+            dir,
+            address,
+            deliveries: Cell::new(0),
+        });
+        self.links.borrow_mut().insert(id.into(), l.clone());
+        l
+    }
+
+    pub fn link_detached(&self, id: impl Into<u64>) {
+        self.links.borrow_mut().remove(&id.into());
+    }
 }
 
 impl Router {

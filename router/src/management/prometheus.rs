@@ -197,6 +197,19 @@ pub fn render(router: &Rc<Router>) -> String {
         &l,
         stats.received as f64,
     );
+    for (outcome, v) in [
+        ("accepted", stats.accepted),
+        ("rejected", stats.rejected),
+        ("released", stats.released),
+        ("modified", stats.modified),
+    ] {
+        e.counter(
+            "tether_message_outcomes_total",
+            "Outcomes of unsettled AMQP messages passed back through this router",
+            &[("router", id), ("outcome", outcome)],
+            v as f64,
+        );
+    }
     e.counter(
         "tether_messages_dropped_total",
         "Pre-settled AMQP messages nobody could take",

@@ -303,12 +303,12 @@ impl RouterStore<'_> {
             .set("connectionCount", self.connections().len())
             .set("autoLinkCount", 0u64)
             .set("linkRouteCount", 0u64)
-            .set("presettledDeliveries", stats.received.saturating_sub(0))
+            .set("presettledDeliveries", stats.presettled)
             .set("droppedPresettledDeliveries", stats.dropped)
-            .set("acceptedDeliveries", 0u64)
-            .set("rejectedDeliveries", stats.refused)
-            .set("releasedDeliveries", 0u64)
-            .set("modifiedDeliveries", 0u64)
+            .set("acceptedDeliveries", stats.accepted)
+            .set("rejectedDeliveries", stats.rejected)
+            .set("releasedDeliveries", stats.released)
+            .set("modifiedDeliveries", stats.modified)
             .set("deliveriesDelayed1Sec", 0u64)
             .set("deliveriesDelayed10Sec", 0u64)
             .set("deliveriesStuck", 0u64)
@@ -457,51 +457,50 @@ impl RouterStore<'_> {
         rows.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// Links: the control link of each inter-router connection (Tether
-    /// multiplexes flows and messages on it; their counts are attributes).
+    /// Links: AMQP clients' links (`endpoint`), and the control link of
+    /// each inter-router connection each way (`router-control`; Tether
+    /// multiplexes flows and messages on that connection, so its
+    /// `deliveryCount` counts every frame).
     fn links(&self) -> Vec<Record> {
         let r = self.router;
-        let ty = schema::of(Kind::Link);
         let mut out = Vec::new();
+        for c in r.clients.borrow().values() {
+            for (id, l) in c.links.borrow().iter() {
+                let identity = format!("{}.{id}", c.id);
+                let owning = l.address.as_ref().map(|a| {
+                    let class = if crate::messages::is_local_only(a) {
+                        'L'
+                    } else {
+                        'M'
+                    };
+                    format!("{class}{a}")
+                });
+                out.push(link_record(
+                    &identity,
+                    "endpoint",
+                    l.dir,
+                    &l.name,
+                    owning,
+                    l.deliveries.get(),
+                    c.id,
+                ));
+            }
+        }
         for link in r.links.borrow().values() {
-            for dir in ["in", "out"] {
-                let id = format!("{}/{dir}", link.id);
-                out.push(
-                    RecordBuilder::new(ty, &id, &id)
-                        .set("linkType", "router-control")
-                        .set("linkDir", dir)
-                        .set("linkName", "$tether-routing")
-                        .set("owningAddr", Value::Null)
-                        .set("capacity", 250u64)
-                        .set("peer", Value::Null)
-                        .set("undeliveredCount", 0u64)
-                        .set("unsettledCount", 0u64)
-                        .set(
-                            "deliveryCount",
-                            if dir == "in" {
-                                link.stats.frames_in.get()
-                            } else {
-                                link.stats.frames_out.get()
-                            },
-                        )
-                        .set("connectionId", link.id.to_string())
-                        .set("adminStatus", "enabled")
-                        .set("operStatus", "up")
-                        .set("presettledCount", 0u64)
-                        .set("droppedPresettledCount", 0u64)
-                        .set("acceptedCount", 0u64)
-                        .set("rejectedCount", 0u64)
-                        .set("releasedCount", 0u64)
-                        .set("modifiedCount", 0u64)
-                        .set("deliveriesDelayed1Sec", 0u64)
-                        .set("deliveriesDelayed10Sec", 0u64)
-                        .set("deliveriesStuck", 0u64)
-                        .set("creditAvailable", 250u64)
-                        .set("zeroCreditSeconds", 0u64)
-                        .set("settleRate", 0u64)
-                        .set("priority", 0u64)
-                        .done(),
-                );
+            for (dir, count) in [
+                ("in", link.stats.frames_in.get()),
+                ("out", link.stats.frames_out.get()),
+            ] {
+                let identity = format!("{}.{dir}", link.id);
+                out.push(link_record(
+                    &identity,
+                    "router-control",
+                    dir,
+                    "$tether-routing",
+                    None,
+                    count,
+                    link.id,
+                ));
             }
         }
         out
@@ -804,6 +803,45 @@ impl RouterStore<'_> {
             Kind::Log => self.logs(),
         }
     }
+}
+
+/// A router.link record.
+fn link_record(
+    identity: &str,
+    link_type: &str,
+    dir: &str,
+    name: &str,
+    owning_addr: Option<String>,
+    deliveries: u64,
+    connection: u64,
+) -> Record {
+    RecordBuilder::new(schema::of(Kind::Link), identity, identity)
+        .set("linkType", link_type)
+        .set("linkDir", dir)
+        .set("linkName", name)
+        .set("owningAddr", owning_addr)
+        .set("capacity", u64::from(crate::messages::SENDER_WINDOW))
+        .set("peer", Value::Null)
+        .set("undeliveredCount", 0u64)
+        .set("unsettledCount", 0u64)
+        .set("deliveryCount", deliveries)
+        .set("connectionId", connection.to_string())
+        .set("adminStatus", "enabled")
+        .set("operStatus", "up")
+        .set("presettledCount", 0u64)
+        .set("droppedPresettledCount", 0u64)
+        .set("acceptedCount", 0u64)
+        .set("rejectedCount", 0u64)
+        .set("releasedCount", 0u64)
+        .set("modifiedCount", 0u64)
+        .set("deliveriesDelayed1Sec", 0u64)
+        .set("deliveriesDelayed10Sec", 0u64)
+        .set("deliveriesStuck", 0u64)
+        .set("creditAvailable", u64::from(crate::messages::SENDER_WINDOW))
+        .set("zeroCreditSeconds", 0u64)
+        .set("settleRate", 0u64)
+        .set("priority", 0u64)
+        .done()
 }
 
 fn hostname() -> Option<String> {
