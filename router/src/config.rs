@@ -191,6 +191,11 @@ pub struct RouterSection {
     pub advertisement_interval: Duration,
     /// Bytes buffered per flow per direction.
     pub flow_window: u32,
+    /// Open a TCP listener here for every address another router exposes
+    /// (`[[tcp_connector]] expose = true`), on the same port if free.
+    pub auto_listeners: bool,
+    /// Router ids whose inter-router links are refused (revoked peers).
+    pub revoked_peers: Vec<String>,
 }
 
 /// The role of an inter-router listener or connector.
@@ -285,6 +290,8 @@ pub struct TcpConnectorConfig {
     pub address: String,
     pub host: String,
     pub port: u16,
+    /// Other routers with `auto_listeners` open a listener for it.
+    pub expose: bool,
 }
 
 /// `[tls.<name>]`, with its files loaded.
@@ -391,6 +398,8 @@ struct RawRouter {
     dead_interval_ms: Option<Spanned<i64>>,
     advertisement_interval_ms: Option<Spanned<i64>>,
     flow_window: Option<Spanned<i64>>,
+    auto_listeners: Option<Spanned<bool>>,
+    revoked_peers: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -435,6 +444,7 @@ struct RawTcpConnector {
     address: Spanned<String>,
     host: Spanned<String>,
     port: Spanned<i64>,
+    expose: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -895,6 +905,7 @@ fn build(src: &Source<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             address,
             host,
             port,
+            expose: t.expose.as_ref().is_some_and(|v| *v.get_ref()),
         });
     }
 
@@ -1073,12 +1084,19 @@ fn router_section(src: &Source<'_>, r: &RawRouter) -> Result<RouterSection, Conf
         )? as u32,
     };
 
+    let revoked_peers = r
+        .revoked_peers
+        .as_ref()
+        .map(|v| v.get_ref().iter().map(|p| p.get_ref().clone()).collect())
+        .unwrap_or_default();
     Ok(RouterSection {
         id: id.clone(),
         hello_interval: Duration::from_millis(hello),
         dead_interval: Duration::from_millis(dead),
         advertisement_interval: Duration::from_millis(advertisement),
         flow_window,
+        auto_listeners: r.auto_listeners.as_ref().is_some_and(|v| *v.get_ref()),
+        revoked_peers,
     })
 }
 
@@ -1621,6 +1639,8 @@ key = "east-key.pem"
                 dead_interval: Duration::from_millis(2000),
                 advertisement_interval: Duration::from_millis(4000),
                 flow_window: 65536,
+                auto_listeners: false,
+                revoked_peers: Vec::new(),
             }
         );
         assert_eq!(
@@ -1656,6 +1676,7 @@ key = "east-key.pem"
                 address: "backend".into(),
                 host: "127.0.0.1".into(),
                 port: 8080,
+                expose: false,
             }]
         );
         let site = cfg.tls_profile("site").expect("profile");
@@ -1780,7 +1801,7 @@ key = "east-key.pem"
         assert_eq!(
             e.message,
             "unknown key \"idd\" in [router], expected one of: id, hello_interval_ms, \
-             dead_interval_ms, advertisement_interval_ms, flow_window (did you mean \"id\"?)"
+             dead_interval_ms, advertisement_interval_ms, flow_window, auto_listeners, revoked_peers (did you mean \"id\"?)"
         );
     }
 

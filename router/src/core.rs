@@ -110,6 +110,13 @@ pub struct Router {
     /// (management caches its sorted address list against it).
     pub(crate) address_generation: Cell<u64>,
     pub(crate) address_index: RefCell<Option<(u64, crate::management::store::AddressIndex)>>,
+    /// Open listeners for addresses other routers expose (see
+    /// [`crate::reconfig`]).
+    pub(crate) auto_listeners: bool,
+    /// Router ids whose links are refused.
+    pub(crate) revoked: RefCell<BTreeSet<String>>,
+    /// The port each auto listener had, kept when it goes away.
+    pub(crate) auto_ports: RefCell<HashMap<String, u16>>,
 }
 
 pub(crate) struct ListenerGate {
@@ -236,6 +243,7 @@ impl Router {
         }
         self.engine_timer.notify_one();
         let mut addresses_changed = false;
+        let mut exposures_changed = false;
         for e in events {
             match e {
                 Event::NeighbourUp { link, router } => {
@@ -254,6 +262,11 @@ impl Router {
                 } => {
                     tracing::info!("router {router} unreachable")
                 }
+                Event::AddressChanged { address }
+                    if crate::reconfig::is_expose_marker(&address) =>
+                {
+                    exposures_changed = true;
+                }
                 Event::AddressChanged { address } => {
                     let reachable = !self.engine.borrow().destinations(&address).is_empty();
                     self.messages.address_changed(&address, reachable);
@@ -261,6 +274,9 @@ impl Router {
                 }
                 _ => {}
             }
+        }
+        if exposures_changed {
+            self.sync_auto_listeners();
         }
         if addresses_changed {
             self.addresses_changed();
@@ -316,12 +332,13 @@ impl Router {
     /// Tells the routing engine which addresses this router serves: its
     /// tcp_connectors' and its AMQP consumers'.
     pub fn update_local_addresses(self: &Rc<Self>) {
-        let mut local: Vec<String> = self
-            .tcp_connectors
-            .borrow()
-            .iter()
-            .map(|c| tcp_address(&c.address))
-            .collect();
+        let mut local: Vec<String> = Vec::new();
+        for c in self.tcp_connectors.borrow().iter() {
+            local.push(tcp_address(&c.address));
+            if c.expose {
+                local.push(crate::reconfig::expose_marker(&c.address, c.port));
+            }
+        }
         local.extend(self.messages.local_addresses());
         self.addresses_changed();
         self.engine
@@ -608,6 +625,14 @@ impl Router {
             Side::Listener => "in",
         };
         let (link, driver) = establish(self, stream, side).await?;
+        if self.revoked.borrow().contains(&link.peer_id) {
+            // Dropping the driver closes the connection.
+            link.send_close("this router revoked your link");
+            return Err(LinkError::Protocol(format!(
+                "router {} is revoked here",
+                link.peer_id
+            )));
+        }
         link.dir.set(dir);
         *link.peer_addr.borrow_mut() = peer.clone();
         let started = Instant::now();
@@ -996,6 +1021,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started_wall: std::time::SystemTime::now(),
         address_generation: Cell::new(0),
         address_index: RefCell::new(None),
+        auto_listeners: config.router.auto_listeners,
+        revoked: RefCell::new(config.router.revoked_peers.iter().cloned().collect()),
+        auto_ports: RefCell::new(HashMap::new()),
     });
     tracing::info!(router = %router.id, "router starting");
 

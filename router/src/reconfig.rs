@@ -483,6 +483,129 @@ impl Router {
     }
 }
 
+/// Engine-address class of exposure markers: `X<address>:<port>` says "a
+/// router offers `address` and would like listeners for it on `port`".
+const CLASS_EXPOSE: char = 'X';
+/// Names of the listeners [`Router::sync_auto_listeners`] makes.
+pub const AUTO_LISTENER_PREFIX: &str = "auto-";
+
+/// The marker advertised for an exposed TCP connector.
+pub fn expose_marker(address: &str, port: u16) -> String {
+    format!("{CLASS_EXPOSE}{address}:{port}")
+}
+
+pub fn is_expose_marker(engine_address: &str) -> bool {
+    engine_address.starts_with(CLASS_EXPOSE)
+}
+
+/// (address, port) of a marker.
+fn parse_marker(engine_address: &str) -> Option<(&str, u16)> {
+    let rest = engine_address.strip_prefix(CLASS_EXPOSE)?;
+    let (address, port) = rest.rsplit_once(':')?;
+    Some((address, port.parse().ok()?))
+}
+
+impl Router {
+    /// With `auto_listeners`: a TCP listener `auto-<address>` for every
+    /// address another router exposes, unless this router serves or
+    /// listens for it already; on the exposed port if it is free here,
+    /// else on a free one (shown by management: tcpListener `auto-...`).
+    /// Listeners of exposures that went away are removed.
+    pub(crate) fn sync_auto_listeners(self: &Rc<Self>) {
+        if !self.auto_listeners {
+            return;
+        }
+        let mut wanted: BTreeMap<String, u16> = BTreeMap::new();
+        {
+            let engine = self.engine.borrow();
+            for (key, offers) in engine.addresses() {
+                let Some((address, port)) = parse_marker(key) else {
+                    continue;
+                };
+                if offers.iter().any(|o| o.link.is_some()) {
+                    let p = wanted.entry(address.to_string()).or_insert(port);
+                    *p = (*p).min(port);
+                }
+            }
+        }
+        let served: Vec<String> = self
+            .tcp_connectors
+            .borrow()
+            .iter()
+            .map(|c| c.address.clone())
+            .collect();
+        // (listener name, address) of every TCP listener: automatic or not.
+        type Named = Vec<(String, String)>;
+        let (auto, manual): (Named, Named) = self
+            .gates
+            .borrow()
+            .iter()
+            .map(|g| (g.cfg.name.clone(), g.cfg.address.clone()))
+            .partition(|(name, _)| name.starts_with(AUTO_LISTENER_PREFIX));
+        wanted.retain(|a, _| !served.contains(a) && !manual.iter().any(|(_, m)| m == a));
+        for (name, address) in &auto {
+            if !wanted.contains_key(address) {
+                tracing::info!(%address, "exposure withdrawn: removing {name}");
+                self.remove_tcp_listener(name);
+            }
+        }
+        for (address, port) in wanted {
+            let name = format!("{AUTO_LISTENER_PREFIX}{address}");
+            if auto.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            // The port this address had here before (a link flapped), else
+            // the exposed one: clients keep their port.
+            let remembered = self.auto_ports.borrow().get(&address).copied();
+            let port = match remembered
+                .into_iter()
+                .chain(std::iter::once(port))
+                .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+            {
+                Some(p) => p,
+                None => {
+                    match std::net::TcpListener::bind(("0.0.0.0", 0)).and_then(|l| l.local_addr()) {
+                        Ok(a) => {
+                            tracing::info!(%address, "port {port} is taken here: auto listener on {}", a.port());
+                            a.port()
+                        }
+                        Err(e) => {
+                            tracing::error!(%address, "no free port for an auto listener: {e}");
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.auto_ports.borrow_mut().insert(address.clone(), port);
+            let cfg = TcpListenerConfig {
+                name,
+                address: address.clone(),
+                host: "0.0.0.0".into(),
+                port,
+            };
+            if let Err(e) = self.add_tcp_listener(cfg) {
+                tracing::error!(%address, "cannot open an auto listener: {e}");
+            }
+        }
+    }
+
+    /// Refuses links from `peer` from now on and closes the open ones.
+    pub fn revoke_peer(&self, peer: &str) {
+        self.revoked.borrow_mut().insert(peer.to_string());
+        let links: Vec<Rc<crate::link::Link>> = self
+            .links
+            .borrow()
+            .values()
+            .filter(|l| l.peer_id == peer)
+            .cloned()
+            .collect();
+        for l in links {
+            l.close(&format!("router {} revoked the link from {peer}", self.id));
+        }
+        tracing::info!(%peer, "peer revoked");
+    }
+}
+
 /// Resolves and binds `host:port` (port 0: any free port).
 fn bind(name: &str, host: &str, port: u16) -> Result<tokio::net::TcpListener, String> {
     let addr =

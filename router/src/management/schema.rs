@@ -48,6 +48,7 @@ pub enum Kind {
     TcpConnector,
     SslProfile,
     Log,
+    RevokedPeer,
 }
 
 /// One entity type.
@@ -90,6 +91,7 @@ pub fn of(kind: Kind) -> &'static EntityType {
 
 /// Attributes every entity has first: `identity`, `name`, `type`.
 macro_rules! attrs {
+    () => { &["identity", "name", "type"] };
     ($($a:literal),* $(,)?) => { &["identity", "name", "type", $($a),*] };
 }
 
@@ -397,6 +399,7 @@ pub static TYPES: &[EntityType] = &[
             "port",
             "address",
             "siteId",
+            "expose",
             "flowsOpened",
             "flowsActive",
             "flowsFailed",
@@ -422,6 +425,12 @@ pub static TYPES: &[EntityType] = &[
             "outputFile"
         ],
         operations: READ_ONLY,
+    },
+    EntityType {
+        kind: Kind::RevokedPeer,
+        short: "revokedPeer",
+        attributes: attrs![],
+        operations: CREATE_DELETE,
     },
 ];
 

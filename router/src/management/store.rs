@@ -168,6 +168,9 @@ impl RouterStore<'_> {
         {
             let engine = r.engine.borrow();
             for (key, _) in engine.addresses() {
+                if crate::reconfig::is_expose_marker(key) {
+                    continue;
+                }
                 if let Some(plain) = key.get(1..) {
                     all.entry(plain.to_string()).or_default();
                 }
@@ -741,6 +744,7 @@ impl RouterStore<'_> {
                     .set("port", c.port.to_string())
                     .set("address", &c.address)
                     .set("siteId", &r.id)
+                    .set("expose", c.expose)
                     .set("flowsOpened", f.as_ref().map_or(0, |f| f.opened.get()))
                     .set("flowsActive", f.as_ref().map_or(0, |f| f.active.get()))
                     .set("flowsFailed", f.as_ref().map_or(0, |f| f.failed.get()))
@@ -801,6 +805,15 @@ impl RouterStore<'_> {
             Kind::TcpConnector => self.tcp_connectors(),
             Kind::SslProfile => self.ssl_profiles(),
             Kind::Log => self.logs(),
+            Kind::RevokedPeer => {
+                let ty = schema::of(Kind::RevokedPeer);
+                self.router
+                    .revoked
+                    .borrow()
+                    .iter()
+                    .map(|p| RecordBuilder::new(ty, p, p).done())
+                    .collect()
+            }
         }
     }
 }
@@ -903,6 +916,7 @@ impl EntityStore for RouterStore<'_> {
                     address: a.required_str("address")?,
                     host: a.str_or("host", "127.0.0.1")?,
                     port: a.required_port("port")?,
+                    expose: a.bool_or("expose", false)?,
                 };
                 r.add_tcp_connector(cfg);
             }
@@ -967,6 +981,7 @@ impl EntityStore for RouterStore<'_> {
                     }
                 }
             }
+            Kind::RevokedPeer => r.revoke_peer(name),
             Kind::SslProfile => {
                 let ca = PathBuf::from(a.required_str("caCertFile")?);
                 let cert = PathBuf::from(a.required_str("certFile")?);
@@ -1068,6 +1083,7 @@ impl EntityStore for RouterStore<'_> {
             Kind::Listener => r.stop_listener(name),
             Kind::SslProfile => r.remove_tls_profile(name).map_err(MgmtError::bad_request)?,
             Kind::ConfigAddress => r.remove_address_config(name),
+            Kind::RevokedPeer => r.revoked.borrow_mut().remove(name),
             _ => {
                 return Err(MgmtError::bad_request(format!(
                     "DELETE is not allowed on {}",
