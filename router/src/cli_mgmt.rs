@@ -53,9 +53,10 @@ pub enum OutputFormat {
 /// Options every management command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MgmtArgs {
-    /// Router to connect to: amqp://[USER:PASSWORD@]HOST[:PORT], amqps://..., or HOST:PORT.
-    #[arg(long, value_name = "URL", default_value = DEFAULT_URL)]
-    pub router: String,
+    /// Router to connect to: amqp://[USER:PASSWORD@]HOST[:PORT], amqps://..., or HOST:PORT
+    /// (default: the current site's router if a site is found, else amqp://127.0.0.1:5672).
+    #[arg(long, value_name = "URL")]
+    pub router: Option<String>,
     /// Manage this router (by id, anywhere in the network) through the one connected to.
     #[arg(long, value_name = "ID")]
     pub target_router: Option<String>,
@@ -79,7 +80,10 @@ pub struct MgmtArgs {
 impl MgmtArgs {
     fn client_options(&self) -> ClientOptions {
         ClientOptions {
-            url: self.router.clone(),
+            url: self
+                .router
+                .clone()
+                .unwrap_or_else(|| DEFAULT_URL.to_string()),
             target_router: self.target_router.clone(),
             timeout: self.timeout,
             tls: TlsOptions {
@@ -437,7 +441,8 @@ pub fn to_yaml(v: &J) -> String {
     out
 }
 
-fn render_value(v: &J, format: OutputFormat) -> String {
+/// A JSON value as pretty JSON or YAML (the `-o json|yaml` output).
+pub fn render_value(v: &J, format: OutputFormat) -> String {
     match format {
         OutputFormat::Yaml => to_yaml(v),
         _ => {

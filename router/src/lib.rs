@@ -21,4 +21,5 @@ pub mod metrics;
 pub mod mgmt_client;
 pub mod reconfig;
 pub mod relay;
+pub mod site;
 pub mod tls;

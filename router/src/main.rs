@@ -1,13 +1,21 @@
 //! The `tether` command line: run a router, check a config, generate
 //! certificates, run the local multi-site demo, or manage a running router
 //! over AMQP (`status`, `query`, `create`, `delete`; see
-//! [`tether_router::cli_mgmt`]).
+//! [`tether_router::cli_mgmt`]); and sites: `site`, `token`, `link`,
+//! `connector`, `listener`, `expose`/`unexpose`, `network status` (see
+//! [`tether_router::site`]), plus shell completion.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tether_router::cli_mgmt::{self, MgmtArgs};
+use tether_router::site::cli::SiteCommand;
+use tether_router::site::links::LinkCommand;
+use tether_router::site::services::{
+    self, ConnectorCommand, ListenerCommand, OutputArgs, WaitArgs,
+};
+use tether_router::site::tokens::TokenCommand;
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +24,11 @@ use tether_router::cli_mgmt::{self, MgmtArgs};
     about = "Tether: a Layer-7 service interconnect"
 )]
 struct Cli {
+    /// The site folder to work on (site commands, and the default router of
+    /// status/query/create/delete). Default: the only site under
+    /// $XDG_DATA_HOME/tether/sites.
+    #[arg(long, global = true, value_name = "DIR", env = tether_router::site::SITE_DIR_ENV)]
+    site_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -106,6 +119,47 @@ enum Command {
         #[command(flatten)]
         mgmt: MgmtArgs,
     },
+    /// Sites: create, start (foreground), status, delete, install (systemd).
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Tokens: issue one for another site to link here, or redeem one.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Links without a grant server, and the state of this site's links.
+    #[command(subcommand)]
+    Link(LinkCommand),
+    /// Services at this site that other sites reach (connectors).
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
+    /// Ports at this site that reach services elsewhere (listeners).
+    #[command(subcommand)]
+    Listener(ListenerCommand),
+    /// Make a service here reachable at every site of the network, on the
+    /// same port where free (a connector other sites open listeners for).
+    Expose {
+        /// Name and routing key of the service.
+        name: String,
+        /// The service's port.
+        port: u16,
+        /// The service's host.
+        #[arg(long, default_value = services::DEFAULT_CONNECTOR_HOST)]
+        host: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop exposing a service: its connector here and the listeners
+    /// other sites opened for it go away.
+    Unexpose {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// The whole network: sites, links, and where each routing key is
+    /// exposed and consumed.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Print a shell completion script, e.g. `tether completion bash > ~/.local/share/bash-completion/completions/tether`.
+    Completion { shell: clap_complete::Shell },
     /// Delete an entity by name.
     Delete {
         /// Entity type, short or full.
@@ -116,6 +170,16 @@ enum Command {
         name: String,
         #[command(flatten)]
         mgmt: MgmtArgs,
+    },
+}
+
+/// `tether network ...`.
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Every site reachable from this one, its links, and each routing key.
+    Status {
+        #[command(flatten)]
+        output: OutputArgs,
     },
 }
 
@@ -173,7 +237,7 @@ fn main() -> ExitCode {
         Command::Router {
             config: Some(_),
             ..
-        }
+        } | Command::Site(SiteCommand::Start)
     ) {
         reexec_with_memcpy_tunable();
     }
@@ -265,22 +329,115 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { mgmt } => cli_mgmt::status(&mgmt),
+        Command::Status { mut mgmt } => {
+            if let Err(code) = default_to_site(&mut mgmt, cli.site_dir.as_deref()) {
+                return code;
+            }
+            cli_mgmt::status(&mgmt)
+        }
         Command::Query {
             entity_type,
             attributes,
-            mgmt,
-        } => cli_mgmt::query(&mgmt, &entity_type, &attributes),
+            mut mgmt,
+        } => {
+            if let Err(code) = default_to_site(&mut mgmt, cli.site_dir.as_deref()) {
+                return code;
+            }
+            cli_mgmt::query(&mgmt, &entity_type, &attributes)
+        }
         Command::Create {
             entity_type,
             attributes,
-            mgmt,
-        } => cli_mgmt::create(&mgmt, &entity_type, &attributes),
+            mut mgmt,
+        } => {
+            if let Err(code) = default_to_site(&mut mgmt, cli.site_dir.as_deref()) {
+                return code;
+            }
+            cli_mgmt::create(&mgmt, &entity_type, &attributes)
+        }
         Command::Delete {
             entity_type,
             name,
-            mgmt,
-        } => cli_mgmt::delete(&mgmt, &entity_type, &name),
+            mut mgmt,
+        } => {
+            if let Err(code) = default_to_site(&mut mgmt, cli.site_dir.as_deref()) {
+                return code;
+            }
+            cli_mgmt::delete(&mgmt, &entity_type, &name)
+        }
+        Command::Site(SiteCommand::Start) => {
+            init_logging();
+            tether_router::site::cli::start(cli.site_dir.as_deref(), shutdown_signal())
+        }
+        Command::Site(cmd) => tether_router::site::cli::run_site(cmd, cli.site_dir.as_deref()),
+        Command::Token(cmd) => block_on(tether_router::site::tokens::run(cmd, cli.site_dir)),
+        Command::Link(cmd) => block_on(tether_router::site::links::run(cmd, cli.site_dir)),
+        Command::Connector(cmd) => services::run_connector(cmd, cli.site_dir.as_deref()),
+        Command::Listener(cmd) => services::run_listener(cmd, cli.site_dir.as_deref()),
+        Command::Expose {
+            name,
+            port,
+            host,
+            wait,
+        } => services::expose(cli.site_dir.as_deref(), &name, port, &host, &wait),
+        Command::Unexpose { name, wait } => {
+            services::unexpose(cli.site_dir.as_deref(), &name, &wait)
+        }
+        Command::Network(NetworkCommand::Status { output }) => {
+            services::network_status(cli.site_dir.as_deref(), output.output)
+        }
+        Command::Completion { shell } => {
+            // Into a buffer first: clap_complete panics on a write error,
+            // and a closed pipe (`| head`) is not an error here.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut script);
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &script);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Management commands without `--router` go to the current site's router
+/// when a site is found (`--site-dir`, `TETHER_SITE_DIR`, or the only site
+/// under the default folder); otherwise to the default URL. A site folder
+/// given explicitly that cannot be read is an error.
+fn default_to_site(
+    mgmt: &mut MgmtArgs,
+    site_dir: Option<&std::path::Path>,
+) -> Result<(), ExitCode> {
+    if mgmt.router.is_some() {
+        return Ok(());
+    }
+    let found = tether_router::site::SiteDir::resolve(site_dir).and_then(|site| site.load());
+    match found {
+        Ok(state) => mgmt.router = Some(state.amqp_url()),
+        Err(e) if site_dir.is_some() => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// Runs an async site command (token, link) on a single-threaded runtime.
+fn block_on(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

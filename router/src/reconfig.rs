@@ -353,6 +353,18 @@ impl Router {
                 cfg.address
             ));
         }
+        // A listener waiting for its address holds no socket: check the
+        // configured ones as well as the operating system.
+        if let Some(g) = self.gates.borrow().iter().find(|g| {
+            g.cfg.port == cfg.port
+                && cfg.port != 0
+                && (g.cfg.host == cfg.host || g.cfg.host == "0.0.0.0" || cfg.host == "0.0.0.0")
+        }) {
+            return Err(format!(
+                "{}: port {} is already used by tcpListener {}",
+                cfg.name, cfg.port, g.cfg.name
+            ));
+        }
         drop(bind(&cfg.name, &cfg.host, cfg.port)?);
         tracing::info!(name = %cfg.name, address = %cfg.address, "tcp_listener added on {}:{}", cfg.host, cfg.port);
         self.gates.borrow_mut().push(ListenerGate::new(cfg));

@@ -911,7 +911,7 @@ pub fn generate_site_certs(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>, C
 }
 
 /// A new self-signed CA (ECDSA P-256) valid for `validity` (notBefore, notAfter).
-fn new_ca(
+pub(crate) fn new_ca(
     validity: (SystemTime, SystemTime),
 ) -> Result<(rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>), rcgen::Error> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
@@ -1001,7 +1001,7 @@ fn validate_cert_name(name: &str) -> Result<(), CertGenError> {
     Ok(())
 }
 
-fn is_dns_name(name: &str) -> bool {
+pub(crate) fn is_dns_name(name: &str) -> bool {
     !name.contains('_')
         && name.parse::<IpAddr>().is_err()
         && rustls::pki_types::DnsName::try_from(name).is_ok()
