@@ -611,6 +611,7 @@ impl Router {
         side: Side,
         how: String,
         peer: String,
+        fingerprint: Option<String>,
         connector: Option<String>,
     ) -> Result<Duration, LinkError>
     where
@@ -635,6 +636,7 @@ impl Router {
         }
         link.dir.set(dir);
         *link.peer_addr.borrow_mut() = peer.clone();
+        *link.peer_fingerprint.borrow_mut() = fingerprint;
         let started = Instant::now();
         if let Some(name) = &connector {
             self.connector_links
@@ -711,12 +713,25 @@ pub(crate) async fn accept_links(
             };
             let mut tls = tls;
             tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+            let fingerprint = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| cert_fingerprint(c.as_ref()));
+            if let Some(fp) = &fingerprint {
+                if router.revoked.borrow().contains(fp) {
+                    tracing::warn!(listener = %name, "refused inter-router connection from {peer}: its certificate ({fp}) is revoked");
+                    return;
+                }
+            }
             if let Err(e) = router
                 .run_link(
                     tls,
                     Side::Listener,
                     format!("accepted from {peer}"),
                     peer.to_string(),
+                    fingerprint,
                     None,
                 )
                 .await
@@ -853,6 +868,12 @@ async fn connect_once(
             Err(_) => return Err("refused: TLS handshake timed out".into()),
         };
     tls.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+    let fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| cert_fingerprint(c.as_ref()));
     let how = format!("connector {}:{}", cfg.host, cfg.port);
     let cost = router
         .connector_costs
@@ -866,6 +887,7 @@ async fn connect_once(
             Side::Connector { cost },
             how,
             format!("{}:{}", cfg.host, cfg.port),
+            fingerprint,
             Some(cfg.name.clone()),
         )
         .await
@@ -925,6 +947,19 @@ fn lowest_scoring<T>(
         }
     }
     best
+}
+
+/// How a revoked certificate is named: `sha256:` and the hex SHA-256 of
+/// its DER (as `tether link generate` records it).
+pub(crate) fn cert_fingerprint(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(der);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 /// The engine address of a TCP address (class `T`; AMQP addresses are

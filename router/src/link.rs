@@ -144,6 +144,8 @@ pub struct Link {
     /// The peer's socket address and how the link was made ("in"/"out").
     pub peer_addr: RefCell<String>,
     pub dir: Cell<&'static str>,
+    /// `sha256:<hex>` of the peer's certificate (revocation by certificate).
+    pub peer_fingerprint: RefCell<Option<String>>,
 }
 
 /// Bytes and frames a link carried, each way.
@@ -923,6 +925,7 @@ where
         opened_at: Instant::now(),
         peer_addr: RefCell::new(String::new()),
         dir: Cell::new(""),
+        peer_fingerprint: RefCell::new(None),
     });
     // Our control sender, then whatever routing wants to say first.
     link.send_attach(

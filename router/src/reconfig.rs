@@ -601,14 +601,15 @@ impl Router {
         }
     }
 
-    /// Refuses links from `peer` from now on and closes the open ones.
+    /// Refuses links from `peer` (a router id, or `sha256:<hex>` of a
+    /// certificate) from now on and closes the open ones.
     pub fn revoke_peer(&self, peer: &str) {
         self.revoked.borrow_mut().insert(peer.to_string());
         let links: Vec<Rc<crate::link::Link>> = self
             .links
             .borrow()
             .values()
-            .filter(|l| l.peer_id == peer)
+            .filter(|l| l.peer_id == peer || l.peer_fingerprint.borrow().as_deref() == Some(peer))
             .cloned()
             .collect();
         for l in links {

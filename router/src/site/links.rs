@@ -971,13 +971,6 @@ async fn revoke(site: &SiteDir, peer: &str) -> Result<(), String> {
         site.path.display(),
         if count == 1 { "" } else { "s" }
     );
-    if peer.starts_with("link-") {
-        println!(
-            "Note: {peer} names a certificate from `tether link generate`; the router refuses \
-             peers by router id, so also revoke the site that applied it (its name shows under \
-             Incoming in `tether link status`)."
-        );
-    }
     let Some(mut client) = live_client(site, &state).await? else {
         println!(
             "Site {} is not running; the revocation applies when it starts.",
@@ -985,17 +978,37 @@ async fn revoke(site: &SiteDir, peer: &str) -> Result<(), String> {
         );
         return Ok(());
     };
-    let r = client
-        .create(REVOKED_PEER_TYPE, peer, Attributes::new())
-        .await;
+    // The router refuses the peer by router id (site name) and by each
+    // revoked certificate's fingerprint: a `link generate` certificate is
+    // named `link-...`, not after the site that applied it.
+    let mut names: Vec<String> = Vec::new();
+    if !peer.starts_with("link-") {
+        names.push(peer.to_string());
+    }
+    for i in state.issued.iter().filter(|i| i.peer == peer && i.revoked) {
+        if !i.fingerprint.is_empty() {
+            names.push(format!("sha256:{}", i.fingerprint));
+        }
+    }
+    let mut r = Ok(());
+    for name in &names {
+        match client
+            .create(REVOKED_PEER_TYPE, name, Attributes::new())
+            .await
+        {
+            Ok(_) => {}
+            // Already refused (a 400 "already exists"): nothing to do.
+            Err(e) if matches!(e.status_code(), Some(400) | Some(409)) => {}
+            Err(e) => {
+                r = Err(e);
+                break;
+            }
+        }
+    }
     client.close().await;
     match r {
-        Ok(_) => {
+        Ok(()) => {
             println!("The running router now refuses and closes links with {peer}.");
-            Ok(())
-        }
-        Err(e) if e.status_code() == Some(409) => {
-            println!("The running router already refuses {peer}.");
             Ok(())
         }
         Err(e) => Err(format!(
@@ -1151,10 +1164,15 @@ mod tests {
         rt.block_on(revoke(&east, &peer)).expect("revoke");
         assert!(east.load().expect("load").issued[0].revoked);
         rt.block_on(revoke(&east, "west")).expect("revoke by id");
-        assert_eq!(
-            east.load().expect("load").revoked_peers(),
-            vec![peer, "west".to_string()]
+        // A generated certificate is refused by its fingerprint (its
+        // `link-...` name is no router id); a site by its id.
+        let revoked = east.load().expect("load").revoked_peers();
+        assert!(!revoked.contains(&peer), "{revoked:?}");
+        assert!(
+            revoked.contains(&format!("sha256:{}", issued[0].fingerprint)),
+            "{revoked:?}"
         );
+        assert!(revoked.contains(&"west".to_string()), "{revoked:?}");
     }
 
     #[test]

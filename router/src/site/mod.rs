@@ -214,14 +214,19 @@ impl SiteState {
         format!("amqp://127.0.0.1:{}", self.ports.amqp)
     }
 
-    /// Peer router ids whose certificates were revoked here.
+    /// Revoked peers as the router refuses them: the router id (a site
+    /// name) and the certificate (`sha256:<fingerprint>`) of each revoked
+    /// issue, so a `link generate` certificate is refused whoever uses it.
     pub fn revoked_peers(&self) -> Vec<String> {
-        let mut peers: Vec<String> = self
-            .issued
-            .iter()
-            .filter(|i| i.revoked)
-            .map(|i| i.peer.clone())
-            .collect();
+        let mut peers: Vec<String> = Vec::new();
+        for i in self.issued.iter().filter(|i| i.revoked) {
+            if !i.peer.starts_with("link-") {
+                peers.push(i.peer.clone());
+            }
+            if !i.fingerprint.is_empty() {
+                peers.push(format!("sha256:{}", i.fingerprint));
+            }
+        }
         peers.sort();
         peers.dedup();
         peers
@@ -769,7 +774,13 @@ mod tests {
             .unwrap_or_else(|e| panic!("rendered config rejected: {e}"));
         assert_eq!(cfg.router.id, "east");
         assert!(cfg.router.auto_listeners);
-        assert_eq!(cfg.router.revoked_peers, vec!["west".to_string()]);
+        // The router id and the certificate of the revoked issue.
+        assert!(cfg.router.revoked_peers.contains(&"west".to_string()));
+        assert!(cfg
+            .router
+            .revoked_peers
+            .iter()
+            .any(|p| p.starts_with("sha256:")));
         assert_eq!(cfg.connectors.len(), 1);
         assert_eq!(cfg.connectors[0].name, "east-hub");
         assert_eq!(cfg.connectors[0].cost, 2);
