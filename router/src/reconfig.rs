@@ -361,7 +361,7 @@ impl Router {
                 && (g.cfg.host == cfg.host || g.cfg.host == "0.0.0.0" || cfg.host == "0.0.0.0")
         }) {
             return Err(format!(
-                "{}: port {} is already used by tcpListener {}",
+                "{}: port {} is already in use by tcpListener {}",
                 cfg.name, cfg.port, g.cfg.name
             ));
         }
@@ -599,6 +599,16 @@ impl Router {
                 tracing::error!(%address, "cannot open an auto listener: {e}");
             }
         }
+    }
+
+    /// The cost routing uses for `link` now (the larger end's, after any
+    /// live change), or the one agreed when it came up.
+    pub fn link_cost(&self, link: &crate::link::Link) -> u32 {
+        self.engine
+            .borrow()
+            .topology()
+            .link_cost(&self.id, &link.peer_id)
+            .unwrap_or(link.cost)
     }
 
     /// Refuses links from `peer` (a router id, or `sha256:<hex>` of a

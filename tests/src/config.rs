@@ -18,6 +18,9 @@
 //! with [`ClientListener`] and [`RouterConfig::client_listener`]; PLAIN
 //! credentials go in a users file written with [`users_toml`].
 //!
+//! `[http] listen = "127.0.0.1:PORT"` (the `/metrics`, `/healthz` and
+//! `/readyz` endpoint) is set with [`RouterConfig::http`].
+//!
 //! Keys the router accepts only once link-state routing runs in it
 //! (`[router] advertisement_interval_ms`, `[[address]]` tables) are rendered
 //! only when set, so configs without them stay valid for older binaries.
@@ -236,6 +239,8 @@ pub struct RouterConfig {
     pub addresses: Vec<AddressEntry>,
     /// `[tls.NAME]` profiles, in order.
     pub tls: Vec<(String, TlsProfile)>,
+    /// `[http] listen = "127.0.0.1:PORT"` (rendered only when set).
+    pub http_port: Option<u16>,
 }
 
 impl RouterConfig {
@@ -254,6 +259,7 @@ impl RouterConfig {
             tcp_connectors: Vec::new(),
             addresses: Vec::new(),
             tls: Vec::new(),
+            http_port: None,
         }
     }
 
@@ -348,6 +354,13 @@ impl RouterConfig {
         self
     }
 
+    /// Serves `/metrics`, `/healthz` and `/readyz` on 127.0.0.1:`port`
+    /// (`[http] listen`).
+    pub fn http(mut self, port: u16) -> Self {
+        self.http_port = Some(port);
+        self
+    }
+
     /// Sets the per-flow window (bytes).
     pub fn flow_window(mut self, bytes: u64) -> Self {
         self.flow_window = Some(bytes);
@@ -416,6 +429,9 @@ impl RouterConfig {
                 toml_str(&a.prefix),
                 toml_str(a.distribution.as_str())
             );
+        }
+        if let Some(port) = self.http_port {
+            let _ = writeln!(s, "\n[http]\nlisten = \"127.0.0.1:{port}\"");
         }
         for (name, p) in &self.tls {
             let _ = writeln!(
@@ -495,6 +511,20 @@ mod tests {
         assert_eq!(toml_str("a\"b\\"), "\"a\\\"b\\\\\"");
         assert!(!t.contains("advertisement_interval_ms"));
         assert!(!t.contains("[[address]]"));
+        assert!(!t.contains("[http]"));
+    }
+
+    #[test]
+    fn renders_http_listen_when_set() {
+        let t = RouterConfig::new("east")
+            .http(9090)
+            .tls(
+                "site",
+                TlsProfile::new("ca.pem", "east.pem", "east-key.pem"),
+            )
+            .to_toml();
+        assert!(t.contains("\n[http]\nlisten = \"127.0.0.1:9090\"\n"));
+        assert!(t.find("[http]") < t.find("[tls.site]"));
     }
 
     #[test]

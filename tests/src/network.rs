@@ -21,12 +21,14 @@
 //! - [`NetworkSpec::amqp`] / [`NetworkSpec::amqp_everywhere`]: an AMQP
 //!   client listener (`role = "normal"`, defaults) on a fresh port, and
 //!   [`NetworkSpec::amqp_with`] for a named one with TLS or SASL settings
-//!   ([`Network::amqp_port`], [`Network::amqp_port_named`]).
+//!   ([`Network::amqp_port`], [`Network::amqp_port_named`]);
+//! - [`NetworkSpec::http`]: the `/metrics`, `/healthz`, `/readyz`
+//!   endpoint (`[http] listen`) on a fresh port ([`Network::http_port`]).
 //!
 //! [`Network::start`] starts the relays and the routers (in the order they
 //! were named), waits (bounded) until both ends of every link log
 //! `link up` naming the other, then until every client port given to
-//! `wait_client` and every AMQP port accepts. Failures panic with every
+//! `wait_client`, every AMQP port and every HTTP port accepts. Failures panic with every
 //! router's log tail.
 //!
 //! A running [`Network`] hands out its routers, relays and client ports by
@@ -90,6 +92,7 @@ pub struct NetworkSpec {
     clients: Vec<ClientPort>,
     wait_clients: Vec<u16>,
     amqp: Vec<AmqpPort>,
+    http: Vec<(String, u16)>,
     ready_timeout: Duration,
 }
 
@@ -119,6 +122,7 @@ impl NetworkSpec {
             clients: Vec::new(),
             wait_clients: Vec::new(),
             amqp: Vec::new(),
+            http: Vec::new(),
             ready_timeout: READY_TIMEOUT,
         }
     }
@@ -222,6 +226,19 @@ impl NetworkSpec {
         amqp_port(&self.amqp, router, name)
     }
 
+    /// `[http] listen` on `router`, on a fresh port ([`Network::http_port`]).
+    pub fn http(mut self, router: &str) -> NetworkSpec {
+        assert!(
+            !self.http.iter().any(|(r, _)| r == router),
+            "{router} has an HTTP endpoint already"
+        );
+        let port = free_port();
+        let i = self.index(router);
+        self.routers[i] = self.routers[i].clone().http(port);
+        self.http.push((router.to_string(), port));
+        self
+    }
+
     /// An `[[address]]` table on every router.
     pub fn address(self, prefix: &str, distribution: Distribution) -> NetworkSpec {
         self.all(|c| c.address(prefix, distribution))
@@ -312,6 +329,7 @@ pub struct Network {
     links: Vec<Link>,
     clients: Vec<ClientPort>,
     amqp: Vec<AmqpPort>,
+    http: Vec<(String, u16)>,
 }
 
 impl Network {
@@ -351,11 +369,14 @@ impl Network {
             links,
             clients: spec.clients,
             amqp: spec.amqp,
+            http: spec.http,
         };
         let started = Instant::now();
         net.check(net.wait_links_up(0, spec.ready_timeout));
         let amqp_ports = net.amqp.iter().map(|a| a.port);
-        for port in spec.wait_clients.iter().copied().chain(amqp_ports) {
+        let http_ports = net.http.iter().map(|(_, p)| *p);
+        let ports = spec.wait_clients.iter().copied().chain(amqp_ports);
+        for port in ports.chain(http_ports) {
             let left = spec
                 .ready_timeout
                 .saturating_sub(started.elapsed())
@@ -442,6 +463,15 @@ impl Network {
     /// ([`NetworkSpec::amqp_with`]).
     pub fn amqp_port_named(&self, router: &str, name: &str) -> u16 {
         amqp_port(&self.amqp, router, name)
+    }
+
+    /// The port of `router`'s HTTP endpoint ([`NetworkSpec::http`]).
+    pub fn http_port(&self, router: &str) -> u16 {
+        self.http
+            .iter()
+            .find(|(r, _)| r == router)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| panic!("{router} has no HTTP endpoint"))
     }
 
     /// [`wait_connectable`] for `router`'s client port for `address`.
@@ -588,5 +618,17 @@ mod tests {
         assert_eq!(tls.tls.as_deref(), Some("site"));
         assert_eq!(tls.require_client_cert, Some(true));
         assert!(east.client_listeners[0].tls.is_none());
+    }
+
+    #[test]
+    fn spec_adds_http_endpoints() {
+        let env = TestEnv::new("network-spec-http");
+        let spec = NetworkSpec::new(&env, &["east", "west"]).http("west");
+        assert_eq!(spec.routers[0].http_port, None);
+        let port = spec.routers[1].http_port.expect("west has [http]");
+        assert_eq!(spec.http, vec![("west".to_string(), port)]);
+        assert!(spec.routers[1]
+            .to_toml()
+            .contains(&format!("[http]\nlisten = \"127.0.0.1:{port}\"")));
     }
 }

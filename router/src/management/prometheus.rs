@@ -105,7 +105,7 @@ pub fn render(router: &Rc<Router>) -> String {
             "tether_link_cost",
             "Routing cost of the inter-router link",
             &l,
-            f64::from(link.cost),
+            f64::from(router.link_cost(link)),
         );
         for (dir, bytes, frames) in [
             ("in", link.stats.bytes_in.get(), link.stats.frames_in.get()),

@@ -412,7 +412,7 @@ impl RouterStore<'_> {
                     .set("properties", Value::Map(OrderedMap::new()))
                     .set("meshId", Value::Null)
                     .set("peerRouter", &link.peer_id)
-                    .set("cost", link.cost)
+                    .set("cost", r.link_cost(link))
                     .set("connector", connector_of.get(&link.id).cloned())
                     .set("bytesIn", link.stats.bytes_in.get())
                     .set("bytesOut", link.stats.bytes_out.get())
