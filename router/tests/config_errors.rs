@@ -112,7 +112,7 @@ fn errors_point_at_the_offending_key() {
         (
             "id = \"east\"",
             "idd = \"east\"",
-            "east.toml:3:1: unknown key \"idd\" in [router], expected one of: id, hello_interval_ms, dead_interval_ms, advertisement_interval_ms, flow_window (did you mean \"id\"?)",
+            "east.toml:3:1: unknown key \"idd\" in [router], expected one of: id, hello_interval_ms, dead_interval_ms, advertisement_interval_ms, flow_window, auto_listeners, revoked_peers (did you mean \"id\"?)",
         ),
         (
             "port = 55672\n",
