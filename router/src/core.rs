@@ -626,13 +626,25 @@ impl Router {
             Side::Listener => "in",
         };
         let (link, driver) = establish(self, stream, side).await?;
-        if self.revoked.borrow().contains(&link.peer_id) {
-            // Dropping the driver closes the connection.
-            link.send_close("this router revoked your link");
-            return Err(LinkError::Protocol(format!(
-                "router {} is revoked here",
-                link.peer_id
-            )));
+        let revoked = {
+            let revoked = self.revoked.borrow();
+            if revoked.contains(&link.peer_id) {
+                Some(format!("router {}", link.peer_id))
+            } else {
+                fingerprint
+                    .as_ref()
+                    .filter(|fp| revoked.contains(*fp))
+                    .map(|fp| format!("certificate {fp}"))
+            }
+        };
+        if let Some(what) = revoked {
+            // Tell the peer why (its connector shows it), then drop it.
+            link.close(&format!(
+                "router {} revoked this link ({what}); ask {} for a new token",
+                self.id, self.id
+            ));
+            let _ = tokio::time::timeout(Duration::from_secs(1), driver).await;
+            return Err(LinkError::Protocol(format!("{what} is revoked here")));
         }
         link.dir.set(dir);
         *link.peer_addr.borrow_mut() = peer.clone();
@@ -719,12 +731,6 @@ pub(crate) async fn accept_links(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| cert_fingerprint(c.as_ref()));
-            if let Some(fp) = &fingerprint {
-                if router.revoked.borrow().contains(fp) {
-                    tracing::warn!(listener = %name, "refused inter-router connection from {peer}: its certificate ({fp}) is revoked");
-                    return;
-                }
-            }
             if let Err(e) = router
                 .run_link(
                     tls,

@@ -235,6 +235,7 @@ pub static TYPES: &[EntityType] = &[
             "properties",
             "meshId",
             "peerRouter",
+            "peerCertificate",
             "cost",
             "connector",
             "bytesIn",

@@ -449,6 +449,7 @@ impl RouterStore<'_> {
                 .set("properties", Value::Map(OrderedMap::new()))
                 .set("meshId", Value::Null)
                 .set("peerRouter", Value::Null)
+                .set("peerCertificate", Value::Null)
                 .set("cost", Value::Null)
                 .set("connector", Value::Null)
                 .set("bytesIn", 0u64)

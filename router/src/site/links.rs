@@ -728,10 +728,21 @@ pub fn status_report(
         .collect();
     let mut incoming: Vec<J> = Vec::new();
     let mut shown: Vec<String> = Vec::new();
+    // A live connection belongs to the issued certificate it presented
+    // (the router reports `peerCertificate`); by router id only when the
+    // router does not say.
+    let cert_of = |c: &serde_json::Map<String, J>| {
+        text(c, "peerCertificate")
+            .strip_prefix("sha256:")
+            .map(str::to_string)
+    };
     for i in &state.issued {
-        let conn = live_in.iter().find(|c| peer_of(c) == i.peer);
-        if conn.is_some() {
-            shown.push(i.peer.clone());
+        let conn = live_in.iter().find(|c| match cert_of(c) {
+            Some(fp) => !i.fingerprint.is_empty() && fp == i.fingerprint,
+            None => peer_of(c) == i.peer,
+        });
+        if let Some(c) = conn {
+            shown.push(connection_key(c));
         }
         incoming.push(serde_json::json!({
             "site": i.peer,
@@ -746,7 +757,7 @@ pub fn status_report(
     // Peers linked with a generated certificate show under their router id.
     for c in live_in {
         let peer = peer_of(c);
-        if shown.contains(&peer) {
+        if shown.contains(&connection_key(c)) {
             continue;
         }
         incoming.push(serde_json::json!({
@@ -765,6 +776,16 @@ pub fn status_report(
         "outgoing": outgoing,
         "incoming": incoming,
     })
+}
+
+/// What tells connection records apart: their identity (or the peer).
+fn connection_key(c: &serde_json::Map<String, J>) -> String {
+    let id = text(c, "identity");
+    if id.is_empty() {
+        peer_of(c)
+    } else {
+        id
+    }
 }
 
 /// The router id at the other end of a connection record.
