@@ -389,8 +389,22 @@ impl fmt::Display for PromFloat {
 /// The process's resident set size in bytes (`VmRSS` of
 /// `/proc/self/status`), or `None` where that is not available.
 pub fn process_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss_bytes(&status)
+    // Reading /proc costs tens of microseconds of system time: at most
+    // once a second (management and scrapes may ask often).
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(std::time::Instant, Option<u64>)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    if let Some((at, v)) = LAST.get() {
+        if at.elapsed() < Duration::from_secs(1) {
+            return v;
+        }
+    }
+    let v = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| parse_vm_rss_bytes(&status));
+    LAST.set(Some((std::time::Instant::now(), v)));
+    v
 }
 
 /// The `VmRSS:   1234 kB` line of a `/proc/<pid>/status` text, in bytes.

@@ -859,14 +859,20 @@ fn link_record(
 }
 
 fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
+    static HOSTNAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOSTNAME
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .clone()
 }
 
 impl EntityStore for RouterStore<'_> {
     fn count(&self, ty: &EntityType) -> usize {
         match ty.kind {
+            Kind::Router | Kind::RouterMetrics => 1,
             Kind::Address => self.address_index().len(),
             k => self.all(k).len(),
         }
