@@ -5,9 +5,10 @@
 //! time the router with).
 //!
 //! `mgmt_query URL TYPE PAGE REPEAT`: page through TYPE REPEAT times.
-//! `mgmt_query URL TYPE PAGE load RATE SECONDS`: send RATE QUERY
-//! requests/s (the first PAGE rows of TYPE) for SECONDS, on a schedule,
-//! one outstanding at a time; prints sent/answered/latency as JSON.
+//! `mgmt_query URL TYPE PAGE load RATE SECONDS [ATTR...]`: send RATE
+//! QUERY requests/s (the first PAGE rows of TYPE, the attributes ATTR or
+//! all) for SECONDS, on a schedule, one outstanding at a time; prints
+//! sent/answered/latency as JSON.
 
 use std::time::{Duration, Instant};
 
@@ -15,11 +16,13 @@ use tether_router::mgmt_client::{ClientOptions, MgmtClient};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() == 7 && args[4] == "load" {
+    if args.len() >= 7 && args[4] == "load" {
         return load(&args);
     }
     if args.len() != 5 {
-        eprintln!("usage: mgmt_query URL TYPE PAGE REPEAT | URL TYPE PAGE load RATE SECONDS");
+        eprintln!(
+            "usage: mgmt_query URL TYPE PAGE REPEAT | URL TYPE PAGE load RATE SECONDS [ATTR...]"
+        );
         std::process::exit(2);
     }
     let (url, ty) = (args[1].clone(), args[2].clone());
@@ -70,6 +73,7 @@ fn load(args: &[String]) {
     let page: u32 = args[3].parse().expect("PAGE is a number");
     let rate: f64 = args[5].parse().expect("RATE is a number");
     let seconds: f64 = args[6].parse().expect("SECONDS is a number");
+    let attrs: Vec<String> = args[7..].to_vec();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +96,7 @@ fn load(args: &[String]) {
             next += interval;
             sent += 1;
             let t0 = Instant::now();
-            match client.query(&ty, &[], 0, page).await {
+            match client.query(&ty, &attrs, 0, page).await {
                 Ok(_) => latencies.push(t0.elapsed().as_secs_f64() * 1000.0),
                 Err(e) => {
                     errors += 1;

@@ -78,6 +78,17 @@ pub trait EntityStore {
     /// The entities of `ty` at positions `range` (a stable order, by
     /// identity), each in `ty.attributes` order.
     fn list(&self, ty: &EntityType, range: Range<usize>) -> Vec<Record>;
+    /// Like [`EntityStore::list`], for a QUERY that reads only the
+    /// attributes at positions `wanted`: the others may be left null.
+    fn list_attributes(
+        &self,
+        ty: &EntityType,
+        range: Range<usize>,
+        wanted: &[usize],
+    ) -> Vec<Record> {
+        let _ = wanted;
+        self.list(ty, range)
+    }
     /// One entity by name or identity.
     fn read(&self, ty: &EntityType, name: &str) -> Option<Record>;
     fn create(&self, ty: &EntityType, name: &str, attrs: &Attributes) -> Result<Record, MgmtError>;
@@ -389,7 +400,8 @@ fn query(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> 
     };
     let start = offset.min(total);
     let end = start.saturating_add(count).min(total);
-    let rows = store.list(ty, start..end);
+    let wanted: Vec<usize> = index.iter().flatten().copied().collect();
+    let rows = store.list_attributes(ty, start..end, &wanted);
     // Values move from the records into the answer; only an attribute
     // asked for twice is copied.
     let unique = {

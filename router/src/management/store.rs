@@ -29,11 +29,34 @@ impl<'a> RouterStore<'a> {
     }
 }
 
+thread_local! {
+    /// The attributes the QUERY being answered reads, by type: the others
+    /// are not converted (see [`RouterStore::list_attributes`]).
+    static WANTED: std::cell::RefCell<Option<(Kind, Vec<bool>)>> =
+        const { std::cell::RefCell::new(None) };
+    /// Full type names, made once.
+    static TYPE_NAMES: std::cell::RefCell<Vec<(Kind, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn type_name(ty: &EntityType) -> String {
+    TYPE_NAMES.with_borrow_mut(|names| {
+        if let Some((_, n)) = names.iter().find(|(k, _)| *k == ty.kind) {
+            return n.clone();
+        }
+        let n = ty.full_name();
+        names.push((ty.kind, n.clone()));
+        n
+    })
+}
+
 /// Builds a record in a type's attribute order from (name, value) pairs;
 /// attributes not given are null.
 struct RecordBuilder {
     ty: &'static EntityType,
     values: Vec<Value>,
+    /// Attributes to fill (all when `None`).
+    wanted: Option<Vec<bool>>,
     /// Where the next attribute is looked for first: records are built
     /// in schema order, so the lookup is one comparison, not a scan.
     cursor: usize,
@@ -44,10 +67,15 @@ impl RecordBuilder {
         let mut values = vec![Value::Null; ty.attributes.len()];
         values[0] = Value::String(identity.to_string());
         values[1] = Value::String(name.to_string());
-        values[2] = Value::String(format!("{}{}", schema::PREFIX_TETHER, ty.short));
+        values[2] = Value::String(type_name(ty));
+        let wanted = WANTED.with_borrow(|w| match w {
+            Some((kind, mask)) if *kind == ty.kind => Some(mask.clone()),
+            _ => None,
+        });
         RecordBuilder {
             ty,
             values,
+            wanted,
             cursor: 3,
         }
     }
@@ -58,8 +86,11 @@ impl RecordBuilder {
             _ => self.ty.index(attr),
         };
         if let Some(i) = at {
-            self.values[i] = v.into().0;
             self.cursor = i + 1;
+            if self.wanted.as_ref().is_some_and(|w| !w[i]) {
+                return self;
+            }
+            self.values[i] = v.into().0;
         } else {
             debug_assert!(false, "{} has no attribute {attr}", self.ty.short);
         }
@@ -189,6 +220,7 @@ impl RouterStore<'_> {
             all.entry(a.clone()).or_default();
         }
         let index = Rc::new(all.into_iter().collect::<Vec<_>>());
+        tracing::debug!(addresses = index.len(), generation, "address index rebuilt");
         *r.address_index.borrow_mut() = Some((generation, index.clone()));
         index
     }
@@ -895,6 +927,24 @@ impl EntityStore for RouterStore<'_> {
                 all.into_iter().skip(start).take(end - start).collect()
             }
         }
+    }
+
+    fn list_attributes(
+        &self,
+        ty: &EntityType,
+        range: Range<usize>,
+        wanted: &[usize],
+    ) -> Vec<Record> {
+        let mut mask = vec![false; ty.attributes.len()];
+        for &i in wanted {
+            if let Some(m) = mask.get_mut(i) {
+                *m = true;
+            }
+        }
+        WANTED.with_borrow_mut(|w| *w = Some((ty.kind, mask)));
+        let rows = self.list(ty, range);
+        WANTED.with_borrow_mut(|w| *w = None);
+        rows
     }
 
     fn read(&self, ty: &EntityType, name: &str) -> Option<Record> {
