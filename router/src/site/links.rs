@@ -537,22 +537,15 @@ impl LinkFile {
     /// Parses a link file's text.
     pub fn parse(text: &str) -> Result<LinkFile, String> {
         let doc = MiniYaml::parse(text)?;
-        let kind = doc.required("kind")?;
-        if kind != LINK_KIND {
-            let hint = if kind == super::tokens::TOKEN_KIND {
-                ": this is a token; redeem it with `tether token redeem FILE`"
-            } else {
-                ""
-            };
-            return Err(format!("kind is {kind:?}, expected {LINK_KIND:?}{hint}"));
-        }
-        let version = doc.required("version")?;
-        if version != LINK_VERSION.to_string() {
-            return Err(format!(
-                "link file version {version:?} is not supported (this tether reads version \
-                 {LINK_VERSION})"
-            ));
-        }
+        doc.check_header(
+            LINK_KIND,
+            LINK_VERSION,
+            (
+                super::tokens::TOKEN_KIND,
+                "this is a token; redeem it with `tether token redeem FILE`",
+            ),
+            "link file",
+        )?;
         let peer_site = doc.required("site")?.to_string();
         super::validate_site_name(&peer_site).map_err(|e| format!("site: {e}"))?;
         let name = doc.optional("name")?.unwrap_or(&peer_site).to_string();

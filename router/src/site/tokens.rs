@@ -430,22 +430,15 @@ impl TokenFile {
     /// Parses a token file's text.
     pub fn parse(text: &str) -> Result<TokenFile, String> {
         let doc = MiniYaml::parse(text)?;
-        let kind = doc.required("kind")?;
-        if kind != TOKEN_KIND {
-            let hint = if kind == super::links::LINK_KIND {
-                ": this is a link file; install it with `tether link apply FILE`"
-            } else {
-                ""
-            };
-            return Err(format!("kind is {kind:?}, expected {TOKEN_KIND:?}{hint}"));
-        }
-        let version = doc.required("version")?;
-        if version != TOKEN_VERSION.to_string() {
-            return Err(format!(
-                "token version {version:?} is not supported (this tether reads version {TOKEN_VERSION}); \
-                 upgrade tether or ask for a token from a matching version"
-            ));
-        }
+        doc.check_header(
+            TOKEN_KIND,
+            TOKEN_VERSION,
+            (
+                super::links::LINK_KIND,
+                "this is a link file; install it with `tether link apply FILE`",
+            ),
+            "token",
+        )?;
         let token = TokenFile {
             site: doc.required("site")?.to_string(),
             url: doc.required("url")?.to_string(),
@@ -582,6 +575,35 @@ pub(crate) struct MiniYaml {
 }
 
 impl MiniYaml {
+    /// Checks `kind` and `version` of a token or link file; `other` is the
+    /// other kind and what to do with it (a file given to the wrong
+    /// command).
+    pub fn check_header(
+        &self,
+        kind: &str,
+        version: u32,
+        other: (&str, &str),
+        what: &str,
+    ) -> Result<(), String> {
+        let found = self.required("kind")?;
+        if found != kind {
+            let hint = if found == other.0 {
+                format!(": {}", other.1)
+            } else {
+                String::new()
+            };
+            return Err(format!("kind is {found:?}, expected {kind:?}{hint}"));
+        }
+        let v = self.required("version")?;
+        if v != version.to_string() {
+            return Err(format!(
+                "{what} version {v:?} is not supported (this tether reads version {version}); \
+                 upgrade tether or get one made by a matching version"
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn parse(text: &str) -> Result<MiniYaml, String> {
         let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
         let mut doc = MiniYaml::default();
