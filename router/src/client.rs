@@ -561,7 +561,6 @@ where
     let info = Rc::new(ClientInfo {
         id: router.next_link_id(),
         host: peer.clone(),
-        listener: cfg.name.clone(),
         container: RefCell::new(String::new()),
         user: RefCell::new(None),
         sasl: RefCell::new(None),

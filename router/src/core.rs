@@ -105,7 +105,6 @@ pub struct Router {
     /// AMQP client connections, by connection id.
     pub(crate) clients: RefCell<BTreeMap<u64, Rc<crate::reconfig::ClientInfo>>>,
     pub started: Instant,
-    pub started_wall: std::time::SystemTime,
     /// Changes whenever the set of addresses known here may have changed
     /// (management caches its sorted address list against it).
     pub(crate) address_generation: Cell<u64>,
@@ -970,7 +969,7 @@ pub(crate) fn cert_fingerprint(der: &[u8]) -> String {
 
 /// The engine address of a TCP address (class `T`; AMQP addresses are
 /// class `M`, so the two never mix).
-fn tcp_address(address: &str) -> String {
+pub(crate) fn tcp_address(address: &str) -> String {
     format!("T{address}")
 }
 
@@ -1059,7 +1058,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         flow_stats: RefCell::new(BTreeMap::new()),
         clients: RefCell::new(BTreeMap::new()),
         started: Instant::now(),
-        started_wall: std::time::SystemTime::now(),
         address_generation: Cell::new(0),
         address_index: RefCell::new(None),
         auto_listeners: config.router.auto_listeners,

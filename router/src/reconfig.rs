@@ -72,7 +72,6 @@ pub struct LiveConfig {
     pub tls: RefCell<BTreeMap<String, TlsProfile>>,
     /// Startup finished: configured listeners bound, connectors started.
     pub started: Cell<bool>,
-    pub http: RefCell<Option<SocketAddr>>,
 }
 
 impl LiveConfig {
@@ -153,7 +152,6 @@ impl FlowStats {
 pub struct ClientInfo {
     pub id: u64,
     pub host: String,
-    pub listener: String,
     pub container: RefCell<String>,
     pub user: RefCell<Option<String>>,
     pub sasl: RefCell<Option<String>>,
@@ -476,7 +474,6 @@ impl Router {
         let listener = tether_tcp::bind_listener(cfg.listen)
             .map_err(|e| format!("http: cannot listen on {}: {e}", cfg.listen))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
-        *self.live.http.borrow_mut() = Some(bound);
         tracing::info!("metrics and health on http://{bound}/metrics");
         let (m, r) = (Rc::downgrade(self), Rc::downgrade(self));
         let endpoints = crate::http::HttpEndpoints {

@@ -233,8 +233,11 @@ impl RouterStore<'_> {
             .iter()
             .map(|(a, connectors)| {
                 let mut v = AddressView::default();
-                for class in [crate::messages::CLASS_MESSAGE, "T"] {
-                    for o in engine.destinations(&format!("{class}{a}")) {
+                for key in [
+                    crate::messages::MessageCore::engine_address(a),
+                    crate::core::tcp_address(a),
+                ] {
+                    for o in engine.destinations(&key) {
                         if o.link.is_some() {
                             v.remote_routers.insert(o.router.clone());
                         }
