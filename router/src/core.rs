@@ -970,7 +970,10 @@ pub(crate) fn cert_fingerprint(der: &[u8]) -> String {
 /// The engine address of a TCP address (class `T`; AMQP addresses are
 /// class `M`, so the two never mix).
 pub(crate) fn tcp_address(address: &str) -> String {
-    format!("T{address}")
+    let mut key = String::with_capacity(1 + address.len());
+    key.push('T');
+    key.push_str(address);
+    key
 }
 
 /// The current time for the routing engine (tokio's clock, so tests with

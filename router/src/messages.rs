@@ -518,7 +518,10 @@ impl MessageCore {
 
     /// The engine address for a message address.
     pub fn engine_address(address: &str) -> String {
-        format!("{CLASS_MESSAGE}{address}")
+        let mut key = String::with_capacity(CLASS_MESSAGE.len() + address.len());
+        key.push_str(CLASS_MESSAGE);
+        key.push_str(address);
+        key
     }
 
     /// Addresses with local consumers (for the routing engine).

@@ -3,6 +3,7 @@
 //!
 //! - [`protocol`]: the request/response wire format, sans-IO, against an
 //!   [`protocol::EntityStore`];
+//! - [`encoding`]: AMQP encoding of answers and records, straight to bytes;
 //! - [`schema`]: entity types, attribute names, operations;
 //! - [`store`]: the router's state as entities, and live changes;
 //! - [`agent`]: the in-process consumer that receives requests and sends
@@ -10,6 +11,7 @@
 //! - [`prometheus`]: the `/metrics` text.
 
 pub mod agent;
+pub mod encoding;
 pub mod prometheus;
 pub mod protocol;
 pub mod schema;

@@ -14,19 +14,16 @@ use std::ops::Range;
 
 use serde_amqp::primitives::OrderedMap;
 use serde_amqp::Value;
-use tether_protocol::types::messaging::message::__private::{Deserializable, Serializable};
-use tether_protocol::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
-};
+use tether_protocol::types::messaging::message::__private::Deserializable;
+use tether_protocol::types::messaging::{AmqpValue, Body, Message, MessageId};
 use tether_protocol::types::primitives::SimpleValue;
 
+pub use super::encoding::Record;
+use super::encoding::{self, Compound};
 use super::schema::{self, EntityType, OPERATIONS_GLOBAL};
 
 /// The type of the management node itself (`type` of node requests).
 pub const NODE_TYPE: &str = "org.amqp.management";
-
-/// Attribute values of one entity, in its type's attribute order.
-pub type Record = Vec<Value>;
 
 /// An error answered to the client: a status code and a description.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,11 +114,18 @@ pub struct Request {
 pub struct Response {
     pub status: u16,
     pub description: String,
-    pub body: Value,
+    /// The body's value, AMQP-encoded.
+    pub body: Vec<u8>,
 }
 
 impl Response {
     fn ok(status: u16, body: Value) -> Response {
+        let mut encoded = Vec::new();
+        encoding::value(&mut encoded, &body);
+        Response::ok_encoded(status, encoded)
+    }
+
+    fn ok_encoded(status: u16, body: Vec<u8>) -> Response {
         Response {
             status,
             description: status_text(status).to_string(),
@@ -130,10 +134,12 @@ impl Response {
     }
 
     fn error(e: MgmtError) -> Response {
+        let mut body = Vec::new();
+        Compound::map(&mut body).end(&mut body, 0);
         Response {
             status: e.status,
             description: e.description,
-            body: Value::Map(OrderedMap::new()),
+            body,
         }
     }
 }
@@ -220,34 +226,41 @@ fn simple_int(v: &SimpleValue) -> Option<i64> {
     })
 }
 
-/// Encodes the response message (to the request's `reply_to`).
+/// Encodes the response message (to the request's `reply_to`): a
+/// properties section (`to`, `correlation_id`), application-properties
+/// (`statusCode`, `statusDescription`) and the body as an amqp-value.
 pub fn encode_response(req: &Request, resp: Response) -> Vec<u8> {
-    let props = Properties {
-        to: req.reply_to.clone(),
-        correlation_id: req.correlation_id.clone(),
-        ..Properties::default()
+    let mut out = Vec::with_capacity(resp.body.len() + 128);
+    // Properties: message-id, user-id, to, subject, reply-to,
+    // correlation-id; the trailing nulls are left out (1.4).
+    encoding::section(&mut out, 0x73);
+    let props = Compound::list(&mut out);
+    encoding::null(&mut out);
+    encoding::null(&mut out);
+    match &req.reply_to {
+        Some(to) => encoding::string(&mut out, to),
+        None => encoding::null(&mut out),
+    }
+    let count = match &req.correlation_id {
+        Some(id) => {
+            encoding::null(&mut out);
+            encoding::null(&mut out);
+            encoding::message_id(&mut out, id);
+            6
+        }
+        None => 3,
     };
-    let mut ap = OrderedMap::new();
-    ap.insert(
-        "statusCode".to_string(),
-        SimpleValue::Int(i32::from(resp.status)),
-    );
-    ap.insert(
-        "statusDescription".to_string(),
-        SimpleValue::String(resp.description),
-    );
-    let msg = Message {
-        header: None,
-        delivery_annotations: None,
-        message_annotations: None,
-        properties: Some(props),
-        application_properties: Some(ApplicationProperties(ap)),
-        body: Body::Value(AmqpValue(resp.body)),
-        footer: None,
-    };
-    // Encoding a message built from plain values cannot fail; an empty
-    // payload would be refused by the client, so it is never sent.
-    serde_amqp::to_vec(&Serializable(msg)).unwrap_or_default()
+    props.end(&mut out, count);
+    encoding::section(&mut out, 0x74);
+    let ap = Compound::map(&mut out);
+    encoding::string(&mut out, "statusCode");
+    encoding::int(&mut out, i32::from(resp.status));
+    encoding::string(&mut out, "statusDescription");
+    encoding::string(&mut out, &resp.description);
+    ap.end(&mut out, 4);
+    encoding::section(&mut out, 0x77);
+    out.extend_from_slice(&resp.body);
+    out
 }
 
 /// Answers one request.
@@ -277,7 +290,7 @@ fn handle_inner(store: &dyn EntityStore, req: &Request) -> Result<Response, Mgmt
             let (ty, name) = target(req)?;
             store
                 .read(ty, &name)
-                .map(|r| Response::ok(200, record_map(ty, r)))
+                .map(|r| Response::ok_encoded(200, record_map(ty, &r)))
                 .ok_or_else(|| MgmtError::not_found(format!("no {} named {name:?}", ty.short)))
         }
         "CREATE" => {
@@ -296,7 +309,7 @@ fn handle_inner(store: &dyn EntityStore, req: &Request) -> Result<Response, Mgmt
                 )));
             }
             let r = store.create(ty, &name, &attrs)?;
-            Ok(Response::ok(201, record_map(ty, r)))
+            Ok(Response::ok_encoded(201, record_map(ty, &r)))
         }
         "UPDATE" => {
             let (ty, name) = target(req)?;
@@ -306,7 +319,7 @@ fn handle_inner(store: &dyn EntityStore, req: &Request) -> Result<Response, Mgmt
                 return Err(MgmtError::not_found(format!("no {} named {name:?}", ty.short)));
             }
             let r = store.update(ty, &name, &attrs)?;
-            Ok(Response::ok(200, record_map(ty, r)))
+            Ok(Response::ok_encoded(200, record_map(ty, &r)))
         }
         "DELETE" => {
             let (ty, name) = target(req)?;
@@ -402,46 +415,42 @@ fn query(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> 
     let end = start.saturating_add(count).min(total);
     let wanted: Vec<usize> = index.iter().flatten().copied().collect();
     let rows = store.list_attributes(ty, start..end, &wanted);
-    // Values move from the records into the answer; only an attribute
-    // asked for twice is copied.
-    let unique = {
-        let mut seen = std::collections::HashSet::new();
-        index.iter().flatten().all(|i| seen.insert(*i))
-    };
-    let results: Vec<Value> = rows
-        .into_iter()
-        .map(|mut r| {
-            Value::List(
-                index
-                    .iter()
-                    .map(|i| {
-                        match i {
-                            Some(i) if unique => r.get_mut(*i).map(std::mem::take),
-                            Some(i) => r.get(*i).cloned(),
-                            None => None,
-                        }
-                        .unwrap_or(Value::Null)
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    let mut body = OrderedMap::new();
-    body.insert(
-        Value::String("attributeNames".into()),
-        Value::List(names.into_iter().map(Value::String).collect()),
-    );
-    body.insert(Value::String("results".into()), Value::List(results));
-    Ok(Response::ok(200, Value::Map(body)))
+    // The answer is assembled from the records' encoded values.
+    let mut body = Vec::with_capacity(64 + rows.iter().map(Record::encoded_len).sum::<usize>());
+    let map = Compound::map(&mut body);
+    encoding::string(&mut body, "attributeNames");
+    let list = Compound::list(&mut body);
+    for n in &names {
+        encoding::string(&mut body, n);
+    }
+    list.end(&mut body, names.len());
+    encoding::string(&mut body, "results");
+    let results = Compound::list(&mut body);
+    for r in &rows {
+        let row = Compound::list(&mut body);
+        for i in &index {
+            match i {
+                Some(i) => body.extend_from_slice(r.encoded(*i)),
+                None => encoding::null(&mut body),
+            }
+        }
+        row.end(&mut body, index.len());
+    }
+    results.end(&mut body, rows.len());
+    map.end(&mut body, 4);
+    Ok(Response::ok_encoded(200, body))
 }
 
 /// A record as a map of attribute name to value (READ, CREATE, UPDATE).
-fn record_map(ty: &EntityType, r: Record) -> Value {
-    let mut m = OrderedMap::new();
-    for (name, v) in ty.attributes.iter().zip(r) {
-        m.insert(Value::String(name.to_string()), v);
+fn record_map(ty: &EntityType, r: &Record) -> Vec<u8> {
+    let mut body = Vec::with_capacity(r.encoded_len() + 32 * ty.attributes.len());
+    let map = Compound::map(&mut body);
+    for (i, name) in ty.attributes.iter().enumerate() {
+        encoding::string(&mut body, name);
+        body.extend_from_slice(r.encoded(i));
     }
-    Value::Map(m)
+    map.end(&mut body, 2 * ty.attributes.len());
+    body
 }
 
 fn body_attributes(body: &Value) -> Result<Attributes, MgmtError> {

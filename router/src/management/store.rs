@@ -10,7 +10,8 @@ use std::rc::Rc;
 use serde_amqp::primitives::OrderedMap;
 use serde_amqp::Value;
 
-use super::protocol::{attr_string, Attributes, EntityStore, MgmtError, Record};
+use super::encoding::{self, Record};
+use super::protocol::{attr_string, Attributes, EntityStore, MgmtError};
 use super::schema::{self, EntityType, Kind};
 use crate::config::{
     distribution_for, AddressConfig, ClientListenerConfig, ConnectorConfig, Distribution,
@@ -31,66 +32,81 @@ impl<'a> RouterStore<'a> {
 
 thread_local! {
     /// The attributes the QUERY being answered reads, by type: the others
-    /// are not converted (see [`RouterStore::list_attributes`]).
-    static WANTED: std::cell::RefCell<Option<(Kind, Vec<bool>)>> =
+    /// are not encoded (see [`RouterStore::list_attributes`]).
+    static WANTED: std::cell::RefCell<Option<(Kind, Rc<[bool]>)>> =
         const { std::cell::RefCell::new(None) };
-    /// Full type names, made once.
-    static TYPE_NAMES: std::cell::RefCell<Vec<(Kind, String)>> =
+    /// Each type's full name, encoded, made once (every record carries it).
+    static TYPE_NAMES: std::cell::RefCell<Vec<(Kind, Rc<[u8]>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn type_name(ty: &EntityType) -> String {
+fn encoded_type_name(ty: &EntityType) -> Rc<[u8]> {
     TYPE_NAMES.with_borrow_mut(|names| {
         if let Some((_, n)) = names.iter().find(|(k, _)| *k == ty.kind) {
             return n.clone();
         }
-        let n = ty.full_name();
+        let mut n = Vec::new();
+        encoding::string(&mut n, &ty.full_name());
+        let n: Rc<[u8]> = n.into();
         names.push((ty.kind, n.clone()));
         n
     })
 }
 
-/// Builds a record in a type's attribute order from (name, value) pairs;
-/// attributes not given are null.
+/// Builds a record in a type's attribute order from (name, value) pairs,
+/// encoding each value as it is set; attributes not given are null.
 struct RecordBuilder {
     ty: &'static EntityType,
-    values: Vec<Value>,
+    record: Record,
     /// Attributes to fill (all when `None`).
-    wanted: Option<Vec<bool>>,
+    wanted: Option<Rc<[bool]>>,
     /// Where the next attribute is looked for first: records are built
-    /// in schema order, so the lookup is one comparison, not a scan.
+    /// in schema order, so the lookup is usually one comparison.
     cursor: usize,
 }
 
 impl RecordBuilder {
     fn new(ty: &'static EntityType, identity: &str, name: &str) -> RecordBuilder {
-        let mut values = vec![Value::Null; ty.attributes.len()];
-        values[0] = Value::String(identity.to_string());
-        values[1] = Value::String(name.to_string());
-        values[2] = Value::String(type_name(ty));
+        let n = ty.attributes.len();
+        let mut record = Record::new(n, 16 * n);
         let wanted = WANTED.with_borrow(|w| match w {
             Some((kind, mask)) if *kind == ty.kind => Some(mask.clone()),
             _ => None,
         });
+        let want = |i: usize| wanted.as_ref().is_none_or(|w| w[i]);
+        if want(0) {
+            record.set_with(0, |o| encoding::string(o, identity));
+        }
+        if want(1) {
+            record.set_with(1, |o| encoding::string(o, name));
+        }
+        if want(2) {
+            record.set_with(2, |o| o.extend_from_slice(&encoded_type_name(ty)));
+        }
         RecordBuilder {
             ty,
-            values,
+            record,
             wanted,
             cursor: 3,
         }
     }
 
-    fn set(&mut self, attr: &str, v: impl Into<V>) -> &mut Self {
-        let at = match self.ty.attributes.get(self.cursor) {
-            Some(a) if *a == attr => Some(self.cursor),
-            _ => self.ty.index(attr),
-        };
+    fn set(&mut self, attr: &str, v: impl AttrValue) -> &mut Self {
+        // Look from the cursor on, then from the start: an attribute
+        // skipped in schema order costs a few comparisons, not a scan.
+        let attrs = self.ty.attributes;
+        let from = self.cursor.min(attrs.len());
+        let at = attrs[from..]
+            .iter()
+            .position(|a| same_name(a, attr))
+            .map(|i| from + i)
+            .or_else(|| attrs[..from].iter().position(|a| same_name(a, attr)));
         if let Some(i) = at {
             self.cursor = i + 1;
             if self.wanted.as_ref().is_some_and(|w| !w[i]) {
                 return self;
             }
-            self.values[i] = v.into().0;
+            self.record.set_with(i, |o| v.encode(o));
         } else {
             debug_assert!(false, "{} has no attribute {attr}", self.ty.short);
         }
@@ -98,61 +114,87 @@ impl RecordBuilder {
     }
 
     fn done(&mut self) -> Record {
-        std::mem::take(&mut self.values)
+        std::mem::take(&mut self.record)
     }
 }
 
-/// A value convertible into an AMQP [`Value`] for a record.
-struct V(Value);
+/// Attribute names are string literals, usually merged into one by the
+/// compiler: the pointer comparison settles most lookups without a
+/// `memcmp`.
+fn same_name(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
 
-impl From<&str> for V {
-    fn from(s: &str) -> V {
-        V(Value::String(s.to_string()))
+/// A value an attribute can be set to, encoded as management shows it
+/// (counters as `long`, texts as `string`).
+trait AttrValue {
+    fn encode(self, out: &mut Vec<u8>);
+}
+
+impl AttrValue for &str {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::string(out, self);
     }
 }
-impl From<String> for V {
-    fn from(s: String) -> V {
-        V(Value::String(s))
+impl AttrValue for String {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::string(out, &self);
     }
 }
-impl From<&String> for V {
-    fn from(s: &String) -> V {
-        V(Value::String(s.clone()))
+impl AttrValue for &String {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::string(out, self);
     }
 }
-impl From<u64> for V {
-    fn from(n: u64) -> V {
-        V(Value::Long(i64::try_from(n).unwrap_or(i64::MAX)))
+impl AttrValue for u64 {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::long(out, i64::try_from(self).unwrap_or(i64::MAX));
     }
 }
-impl From<usize> for V {
-    fn from(n: usize) -> V {
-        V::from(n as u64)
+impl AttrValue for usize {
+    fn encode(self, out: &mut Vec<u8>) {
+        (self as u64).encode(out);
     }
 }
-impl From<u32> for V {
-    fn from(n: u32) -> V {
-        V(Value::Long(i64::from(n)))
+impl AttrValue for u32 {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::long(out, i64::from(self));
     }
 }
-impl From<bool> for V {
-    fn from(b: bool) -> V {
-        V(Value::Bool(b))
+impl AttrValue for bool {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::boolean(out, self);
     }
 }
-impl<T: Into<V>> From<Option<T>> for V {
-    fn from(o: Option<T>) -> V {
-        o.map(Into::into).unwrap_or(V(Value::Null))
+impl<T: AttrValue> AttrValue for Option<T> {
+    fn encode(self, out: &mut Vec<u8>) {
+        match self {
+            Some(v) => v.encode(out),
+            None => encoding::null(out),
+        }
     }
 }
-impl From<Vec<String>> for V {
-    fn from(l: Vec<String>) -> V {
-        V(Value::List(l.into_iter().map(Value::String).collect()))
+impl AttrValue for Vec<String> {
+    fn encode(self, out: &mut Vec<u8>) {
+        let list = encoding::Compound::list(out);
+        for s in &self {
+            encoding::string(out, s);
+        }
+        list.end(out, self.len());
     }
 }
-impl From<Value> for V {
-    fn from(v: Value) -> V {
-        V(v)
+impl AttrValue for &BTreeSet<String> {
+    fn encode(self, out: &mut Vec<u8>) {
+        let list = encoding::Compound::list(out);
+        for s in self {
+            encoding::string(out, s);
+        }
+        list.end(out, self.len());
+    }
+}
+impl AttrValue for Value {
+    fn encode(self, out: &mut Vec<u8>) {
+        encoding::value(out, &self);
     }
 }
 
@@ -259,7 +301,9 @@ impl RouterStore<'_> {
         } else {
             'M'
         };
-        let key = format!("{class}{address}");
+        let mut key = String::with_capacity(1 + address.len());
+        key.push(class);
+        key.push_str(address);
         let counters = r
             .messages
             .counters
@@ -277,10 +321,7 @@ impl RouterStore<'_> {
             .set("subscriberCount", v.local)
             .set("remoteCount", v.remote_routers.len())
             .set("containerCount", 0u64)
-            .set(
-                "remoteHostRouters",
-                v.remote_routers.iter().cloned().collect::<Vec<_>>(),
-            )
+            .set("remoteHostRouters", &v.remote_routers)
             .set("deliveriesIngress", counters.ingress)
             .set("deliveriesEgress", counters.egress)
             .set("deliveriesTransit", counters.transit)
@@ -944,17 +985,16 @@ impl EntityStore for RouterStore<'_> {
                 *m = true;
             }
         }
-        WANTED.with_borrow_mut(|w| *w = Some((ty.kind, mask)));
+        WANTED.with_borrow_mut(|w| *w = Some((ty.kind, mask.into())));
         let rows = self.list(ty, range);
         WANTED.with_borrow_mut(|w| *w = None);
         rows
     }
 
     fn read(&self, ty: &EntityType, name: &str) -> Option<Record> {
-        self.all(ty.kind).into_iter().find(|r| {
-            matches!(&r[0], Value::String(s) if s == name)
-                || matches!(&r[1], Value::String(s) if s == name)
-        })
+        self.all(ty.kind)
+            .into_iter()
+            .find(|r| r.string(0) == Some(name) || r.string(1) == Some(name))
     }
 
     fn create(&self, ty: &EntityType, name: &str, attrs: &Attributes) -> Result<Record, MgmtError> {

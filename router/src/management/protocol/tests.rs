@@ -31,7 +31,7 @@ impl FakeStore {
         r[2] = Value::String(ty.full_name());
         r[ty.index("port").unwrap()] = Value::String(port.into());
         r[ty.index("address").unwrap()] = Value::String("svc".into());
-        r
+        Record::from_values(&r)
     }
 
     fn with(n: usize) -> FakeStore {
