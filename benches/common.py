@@ -7,6 +7,7 @@ else. Python 3 standard library only.
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,6 +117,13 @@ class Procs:
         self.procs = []
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, seconds (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------
 # ports and logs
 # --------------------------------------------------------------------------
@@ -186,3 +194,22 @@ def wait_log(path, pattern, timeout, proc, who="process", poll=0.05):
                                f"see {path}:\n{tail(path)}")
         time.sleep(poll)
     raise RuntimeError(f"no /{pattern}/ in {path} within {timeout}s:\n{tail(path)}")
+
+
+# --------------------------------------------------------------------------
+# C clients on Qpid Proton
+# --------------------------------------------------------------------------
+
+def build_proton_c(source, out):
+    """Compiles a Proton C client (`cc -O2 source -lqpid-proton -o out`);
+    returns None, or why it could not."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return "no C compiler"
+    if not os.path.exists("/usr/include/proton/proactor.h"):
+        return "no Proton C headers (apt-get install libqpid-proton11-dev)"
+    r = subprocess.run([cc, "-O2", "-o", out, source, "-lqpid-proton"],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        return f"cc failed: {r.stderr.strip()[:500]}"
+    return None

@@ -110,13 +110,6 @@ def wait_connectable(port, timeout):
         raise RuntimeError(f"127.0.0.1:{port} did not accept within {timeout}s")
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process, seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def children_cpu():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -199,16 +192,10 @@ class PyClient:
 
 
 def build_c_client(work):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return None, "no C compiler"
-    if not os.path.exists("/usr/include/proton/proactor.h"):
-        return None, "no Proton C headers (apt-get install libqpid-proton11-dev)"
     out = os.path.join(work, "amqp-client")
-    r = subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "client.c"), "-lqpid-proton"],
-                       capture_output=True, text=True, timeout=120)
-    if r.returncode != 0:
-        return None, f"cc failed: {r.stderr.strip()[:500]}"
+    why = common.build_proton_c(os.path.join(HERE, "client.c"), out)
+    if why:
+        return None, why
     return CClient(out), None
 
 
@@ -220,7 +207,7 @@ def run_once(client, procs, recv_at, send_at, address, n, a, routers):
     """Receiver at recv_at, sender to send_at; returns figures."""
     rx = client.receiver(procs, recv_at, address, n, a)
     read_json_line(rx, client.ready_event, READY_TIMEOUT)
-    cpu0 = {name: cpu_seconds(pid) for name, pid in routers}
+    cpu0 = {name: common.cpu_seconds(pid) for name, pid in routers}
     ch0 = children_cpu()
     tx = client.sender(procs, send_at, address, n, a)
     sent = read_json_line(tx, "done", a.timeout + 5)
@@ -231,7 +218,7 @@ def run_once(client, procs, recv_at, send_at, address, n, a, routers):
         except subprocess.TimeoutExpired:
             os.kill(p.pid, signal.SIGKILL)
             p.wait(timeout=5)
-    cpu1 = {name: cpu_seconds(pid) for name, pid in routers}
+    cpu1 = {name: common.cpu_seconds(pid) for name, pid in routers}
     client_cpu = children_cpu() - ch0
     ok = sent.get("ok", True) and (sent.get("other", 0) == 0) and got.get("ok", True)
     count = sent.get("count", sent.get("settled", n))
