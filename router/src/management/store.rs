@@ -2,7 +2,7 @@
 //! state into records and applies CREATE/UPDATE/DELETE through
 //! [`crate::reconfig`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -183,7 +183,7 @@ impl AttrValue for Vec<String> {
         list.end(out, self.len());
     }
 }
-impl AttrValue for &BTreeSet<String> {
+impl AttrValue for &[&str] {
     fn encode(self, out: &mut Vec<u8>) {
         let list = encoding::Compound::list(out);
         for s in self {
@@ -208,10 +208,11 @@ type NodeRoute = (String, u64, u64);
 /// One address as management shows it: message consumers and TCP
 /// services under the same mobile (`M`) key.
 #[derive(Default)]
-struct AddressView {
+struct AddressView<'a> {
     local: usize,
     in_process: usize,
-    remote_routers: BTreeSet<String>,
+    /// Sorted, without repeats.
+    remote_routers: Vec<&'a str>,
 }
 
 fn distribution_name(d: Distribution) -> &'static str {
@@ -281,10 +282,12 @@ impl RouterStore<'_> {
                 ] {
                     for o in engine.destinations(&key) {
                         if o.link.is_some() {
-                            v.remote_routers.insert(o.router.clone());
+                            v.remote_routers.push(&o.router);
                         }
                     }
                 }
+                v.remote_routers.sort_unstable();
+                v.remote_routers.dedup();
                 let (local, in_process) = r.messages.consumers_of(a);
                 v.local = local + connectors;
                 v.in_process = in_process;
@@ -321,7 +324,7 @@ impl RouterStore<'_> {
             .set("subscriberCount", v.local)
             .set("remoteCount", v.remote_routers.len())
             .set("containerCount", 0u64)
-            .set("remoteHostRouters", &v.remote_routers)
+            .set("remoteHostRouters", v.remote_routers.as_slice())
             .set("deliveriesIngress", counters.ingress)
             .set("deliveriesEgress", counters.egress)
             .set("deliveriesTransit", counters.transit)
@@ -377,9 +380,9 @@ impl RouterStore<'_> {
             .set("memoryUsage", rss)
             .set("residentMemoryUsage", rss)
             .set("addrCount", self.address_index().len())
-            .set("linkCount", self.links().len())
+            .set("linkCount", self.link_count())
             .set("nodeCount", routers)
-            .set("connectionCount", self.connections().len())
+            .set("connectionCount", self.connection_count())
             .set("autoLinkCount", 0u64)
             .set("linkRouteCount", 0u64)
             .set("presettledDeliveries", stats.presettled)
@@ -436,7 +439,7 @@ impl RouterStore<'_> {
                 let mut counters = OrderedMap::new();
                 counters.insert(
                     Value::String("amqp".into()),
-                    Value::Long(self.connections().len() as i64),
+                    Value::Long(self.connection_count() as i64),
                 );
                 counters.insert(Value::String("tcp".into()), Value::Long(active as i64));
                 b.set("connectionCounters", Value::Map(counters))
@@ -448,6 +451,23 @@ impl RouterStore<'_> {
             }
         }
         vec![b.done()]
+    }
+
+    /// How many records [`Self::connections`] has, without building them.
+    fn connection_count(&self) -> usize {
+        self.router.links.borrow().len() + self.router.clients.borrow().len()
+    }
+
+    /// How many records [`Self::links`] has, without building them.
+    fn link_count(&self) -> usize {
+        let r = self.router;
+        let client_links: usize = r
+            .clients
+            .borrow()
+            .values()
+            .map(|c| c.links.borrow().len())
+            .sum();
+        client_links + 2 * r.links.borrow().len()
     }
 
     /// Connections: inter-router links and AMQP clients, by id.
@@ -950,6 +970,8 @@ impl EntityStore for RouterStore<'_> {
         match ty.kind {
             Kind::Router | Kind::RouterMetrics => 1,
             Kind::Address => self.address_index().len(),
+            Kind::Connection => self.connection_count(),
+            Kind::Link => self.link_count(),
             k => self.all(k).len(),
         }
     }
