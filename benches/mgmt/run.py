@@ -345,8 +345,8 @@ def main():
         # 3. Data path with and without management load.
         if not a.skip_datapath:
             results["datapath"] = {
-                "bulk": datapath_pairs(a, load, ports, address_type, "bulk", a.pairs),
-                "rr": datapath_pairs(a, load, ports, address_type, "rr", a.rr_pairs),
+                test: datapath_pairs(a, load, ports, address_type, test, pairs)
+                for test, pairs in (("bulk", a.pairs), ("rr", a.rr_pairs)) if pairs > 0
             }
         print(json.dumps(results, indent=2))
         if a.out:

@@ -4,7 +4,8 @@
 //!
 //! Requests arrive like deliveries to any consumer (through
 //! [`MessageCore`]); they are answered on a local task, not inside the
-//! delivery call (the messaging core is mid-borrow there), and the answer
+//! delivery call (the messaging core is mid-borrow there), a QUERY's rows
+//! a slice per turn of the router's thread, and the answer
 //! enters the messaging core like a message from a client sender:
 //! pre-settled, to the request's `reply_to`, routed like any message (so
 //! the reply crosses the network when the requester is elsewhere).
@@ -16,7 +17,7 @@ use std::rc::{Rc, Weak};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use super::protocol::{self, DecodeError};
+use super::protocol::{self, DecodeError, Started};
 use super::store::RouterStore;
 use crate::core::Router;
 use crate::messages::{accepted, rejected, Consumer, ConsumerLink, MessageCore, Msg, Upstream};
@@ -178,7 +179,7 @@ async fn run(agent: Rc<Agent>) {
                 return;
             };
             agent.answered.set(agent.answered.get() + 1);
-            answer(&router, &messages, &p, agent.answered.get());
+            answer(&router, &messages, &p, agent.answered.get()).await;
             messages.consumer_credit(&p.consumer);
         }
         if !agent.queue.borrow().is_empty() {
@@ -188,7 +189,13 @@ async fn run(agent: Rc<Agent>) {
     }
 }
 
-fn answer(router: &Rc<Router>, messages: &Rc<MessageCore>, p: &Pending, seq: u64) {
+/// Rows of a QUERY built per turn of the router's thread: about 30 µs of
+/// work here, so a packet that arrives meanwhile waits no longer than that
+/// (a whole 100-row page held the thread ~0.2 ms and doubled the data
+/// path's p99 latency under 100 requests/s).
+const ROWS_PER_TURN: usize = 20;
+
+async fn answer(router: &Rc<Router>, messages: &Rc<MessageCore>, p: &Pending, seq: u64) {
     let outcome = match protocol::decode_request(&p.payload) {
         Err(DecodeError(why)) => {
             tracing::debug!("management: undecodable request: {why}");
@@ -205,7 +212,18 @@ fn answer(router: &Rc<Router>, messages: &Rc<MessageCore>, p: &Pending, seq: u64
             Some(reply_to) => {
                 let started = std::time::Instant::now();
                 let store = RouterStore::new(router);
-                let resp = protocol::handle(&store, &req);
+                let resp = match protocol::start(&store, &req) {
+                    Started::Answered(r) => r,
+                    Started::Query(mut q) => {
+                        // The rows are read slice by slice, between turns
+                        // of the data path (an entity that goes meanwhile
+                        // is not in the answer, as between pages).
+                        while !q.add_rows(&store, ROWS_PER_TURN) {
+                            tokio::task::yield_now().await;
+                        }
+                        q.finish()
+                    }
+                };
                 let status = resp.status;
                 let payload = protocol::encode_response(&req, resp);
                 tracing::debug!(

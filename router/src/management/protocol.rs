@@ -265,12 +265,40 @@ pub fn encode_response(req: &Request, resp: Response) -> Vec<u8> {
 
 /// Answers one request.
 pub fn handle(store: &dyn EntityStore, req: &Request) -> Response {
-    match handle_inner(store, req) {
-        Ok(r) => r,
-        Err(e) => Response::error(e),
+    match start(store, req) {
+        Started::Answered(r) => r,
+        Started::Query(mut q) => {
+            while !q.add_rows(store, usize::MAX) {}
+            q.finish()
+        }
     }
 }
 
+/// A request begun by [`start`].
+pub enum Started {
+    /// Answered at once (every operation but a valid QUERY).
+    Answered(Response),
+    /// A QUERY whose rows are still to be added.
+    Query(Query),
+}
+
+/// Begins answering a request: a QUERY comes back unanswered, so that its
+/// rows can be built a slice at a time ([`Query::add_rows`]); everything
+/// else is answered.
+pub fn start(store: &dyn EntityStore, req: &Request) -> Started {
+    if req.operation.eq_ignore_ascii_case("QUERY") {
+        return match Query::start(store, req) {
+            Ok(q) => Started::Query(q),
+            Err(e) => Started::Answered(Response::error(e)),
+        };
+    }
+    Started::Answered(match handle_inner(store, req) {
+        Ok(r) => r,
+        Err(e) => Response::error(e),
+    })
+}
+
+/// Every operation but QUERY (see [`start`]).
 fn handle_inner(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> {
     let op = req.operation.to_ascii_uppercase();
     match op.as_str() {
@@ -285,7 +313,6 @@ fn handle_inner(store: &dyn EntityStore, req: &Request) -> Result<Response, Mgmt
         "GET-LOG" => Err(MgmtError::not_implemented(
             "GET-LOG: this router keeps no log buffer; its log goes to stderr (RUST_LOG sets the level)",
         )),
-        "QUERY" => query(store, req),
         "READ" => {
             let (ty, name) = target(req)?;
             store
@@ -371,74 +398,122 @@ fn allowed(ty: &EntityType, op: &str) -> Result<(), MgmtError> {
     }
 }
 
-fn query(store: &dyn EntityStore, req: &Request) -> Result<Response, MgmtError> {
-    let ty = required_type(req)?;
-    // Requested attribute names, in the requester's order; none = all.
-    let mut names: Vec<String> = Vec::new();
-    if let Value::Map(m) = &req.body {
-        match m.get(&Value::String("attributeNames".into())) {
-            Some(Value::List(l)) | Some(Value::Array(serde_amqp::primitives::Array(l))) => {
-                for v in l {
-                    match v {
-                        Value::String(s) => names.push(s.clone()),
-                        Value::Symbol(s) => names.push(s.0.clone()),
-                        other => {
-                            return Err(MgmtError::bad_request(format!(
-                                "attributeNames must be strings, got {other:?}"
-                            )))
+/// A QUERY being answered. Its rows can be added in slices, so that the
+/// router's thread forwards traffic between them rather than waiting for
+/// a whole page; the answer is the rows added by [`Query::finish`].
+pub struct Query {
+    ty: &'static EntityType,
+    /// Per answered attribute, its position in the type (`None`: unknown,
+    /// answered as null).
+    index: Vec<Option<usize>>,
+    /// The positions of the known attributes (the ones to build).
+    wanted: Vec<usize>,
+    /// Rows (entity positions) not added yet.
+    remaining: Range<usize>,
+    body: Vec<u8>,
+    map: Compound,
+    results: Compound,
+    rows: usize,
+}
+
+impl Query {
+    /// Checks the request and writes the answer's head: the type, the
+    /// attribute names (the requester's, in order; none = all) and the
+    /// rows' range (`offset`, `count`).
+    fn start(store: &dyn EntityStore, req: &Request) -> Result<Query, MgmtError> {
+        let ty = required_type(req)?;
+        let mut names: Vec<String> = Vec::new();
+        if let Value::Map(m) = &req.body {
+            match m.get(&Value::String("attributeNames".into())) {
+                Some(Value::List(l)) | Some(Value::Array(serde_amqp::primitives::Array(l))) => {
+                    for v in l {
+                        match v {
+                            Value::String(s) => names.push(s.clone()),
+                            Value::Symbol(s) => names.push(s.0.clone()),
+                            other => {
+                                return Err(MgmtError::bad_request(format!(
+                                    "attributeNames must be strings, got {other:?}"
+                                )))
+                            }
                         }
                     }
                 }
-            }
-            None | Some(Value::Null) => {}
-            Some(other) => {
-                return Err(MgmtError::bad_request(format!(
-                    "attributeNames must be a list, got {other:?}"
-                )))
-            }
-        }
-    }
-    if names.is_empty() {
-        names = ty.attributes.iter().map(|s| s.to_string()).collect();
-    }
-    let index: Vec<Option<usize>> = names
-        .iter()
-        .map(|n| ty.attributes.iter().position(|a| a == n))
-        .collect();
-    let total = store.count(ty);
-    let offset = usize::try_from(req.offset.unwrap_or(0).max(0)).unwrap_or(0);
-    let count = match req.count {
-        Some(c) if c >= 0 => usize::try_from(c).unwrap_or(usize::MAX),
-        _ => usize::MAX,
-    };
-    let start = offset.min(total);
-    let end = start.saturating_add(count).min(total);
-    let wanted: Vec<usize> = index.iter().flatten().copied().collect();
-    let rows = store.list_attributes(ty, start..end, &wanted);
-    // The answer is assembled from the records' encoded values.
-    let mut body = Vec::with_capacity(64 + rows.iter().map(Record::encoded_len).sum::<usize>());
-    let map = Compound::map(&mut body);
-    encoding::string(&mut body, "attributeNames");
-    let list = Compound::list(&mut body);
-    for n in &names {
-        encoding::string(&mut body, n);
-    }
-    list.end(&mut body, names.len());
-    encoding::string(&mut body, "results");
-    let results = Compound::list(&mut body);
-    for r in &rows {
-        let row = Compound::list(&mut body);
-        for i in &index {
-            match i {
-                Some(i) => body.extend_from_slice(r.encoded(*i)),
-                None => encoding::null(&mut body),
+                None | Some(Value::Null) => {}
+                Some(other) => {
+                    return Err(MgmtError::bad_request(format!(
+                        "attributeNames must be a list, got {other:?}"
+                    )))
+                }
             }
         }
-        row.end(&mut body, index.len());
+        if names.is_empty() {
+            names = ty.attributes.iter().map(|s| s.to_string()).collect();
+        }
+        let index: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| ty.attributes.iter().position(|a| a == n))
+            .collect();
+        let total = store.count(ty);
+        let offset = usize::try_from(req.offset.unwrap_or(0).max(0)).unwrap_or(0);
+        let count = match req.count {
+            Some(c) if c >= 0 => usize::try_from(c).unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        };
+        let start = offset.min(total);
+        let end = start.saturating_add(count).min(total);
+        let wanted: Vec<usize> = index.iter().flatten().copied().collect();
+        let mut body = Vec::with_capacity(1024);
+        let map = Compound::map(&mut body);
+        encoding::string(&mut body, "attributeNames");
+        let list = Compound::list(&mut body);
+        for n in &names {
+            encoding::string(&mut body, n);
+        }
+        list.end(&mut body, names.len());
+        encoding::string(&mut body, "results");
+        let results = Compound::list(&mut body);
+        Ok(Query {
+            ty,
+            index,
+            wanted,
+            remaining: start..end,
+            body,
+            map,
+            results,
+            rows: 0,
+        })
     }
-    results.end(&mut body, rows.len());
-    map.end(&mut body, 4);
-    Ok(Response::ok_encoded(200, body))
+
+    /// Adds up to `max` more rows; true once every row is in. Rows are
+    /// read when added: entities that disappear meanwhile are skipped.
+    pub fn add_rows(&mut self, store: &dyn EntityStore, max: usize) -> bool {
+        let take = self.remaining.len().min(max);
+        let range = self.remaining.start..self.remaining.start + take;
+        self.remaining.start = range.end;
+        let rows = store.list_attributes(self.ty, range, &self.wanted);
+        let body = &mut self.body;
+        body.reserve(rows.iter().map(Record::encoded_len).sum::<usize>() + 16 * rows.len());
+        for r in &rows {
+            let row = Compound::list(body);
+            for i in &self.index {
+                match i {
+                    Some(i) => body.extend_from_slice(r.encoded(*i)),
+                    None => encoding::null(body),
+                }
+            }
+            row.end(body, self.index.len());
+        }
+        self.rows += rows.len();
+        self.remaining.is_empty()
+    }
+
+    /// The answer: 200 with the rows added.
+    pub fn finish(self) -> Response {
+        let mut body = self.body;
+        self.results.end(&mut body, self.rows);
+        self.map.end(&mut body, 4);
+        Response::ok_encoded(200, body)
+    }
 }
 
 /// A record as a map of attribute name to value (READ, CREATE, UPDATE).

@@ -273,6 +273,63 @@ fn query_pages_with_offset_and_count() {
 }
 
 #[test]
+fn a_query_built_in_slices_answers_like_one_built_at_once() {
+    let store = FakeStore::with(57);
+    let bytes = request_bytes(
+        &[
+            ("operation", s("query")),
+            ("entityType", s("tcpListener")),
+            ("offset", SimpleValue::Int(5)),
+            ("count", SimpleValue::Int(40)),
+        ],
+        query_body(&["port", "nope", "name"]),
+    );
+    let req = decode_request(&bytes).expect("decodes");
+    let whole = handle(&store, &req);
+    let Started::Query(mut q) = start(&store, &req) else {
+        panic!("a QUERY starts unanswered");
+    };
+    let mut slices = 0;
+    while !q.add_rows(&store, 3) {
+        slices += 1;
+        assert!(slices < 100, "a bounded number of slices");
+    }
+    let sliced = q.finish();
+    assert_eq!(slices, 13, "40 rows, 3 at a time");
+    assert_eq!(sliced.status, 200);
+    assert_eq!(sliced.body, whole.body);
+    // An entity removed between slices is left out, and the answer stays
+    // well-formed.
+    let Started::Query(mut q) = start(&store, &req) else {
+        panic!("a QUERY starts unanswered");
+    };
+    assert!(!q.add_rows(&store, 10));
+    store.listeners.borrow_mut().remove("l00020");
+    while !q.add_rows(&store, 10) {}
+    let out = encode_response(&req, q.finish());
+    let msg: Deserializable<Message<Body<Value>>> = serde_amqp::from_slice(&out).unwrap();
+    let Body::Value(AmqpValue(body)) = msg.0.body else {
+        panic!("an amqp-value body");
+    };
+    let Value::List(rows) = get(&body, "results").clone() else {
+        panic!("results is a list")
+    };
+    assert_eq!(rows.len(), 40);
+    assert!(!rows.contains(&Value::List(vec![
+        Value::String("1020".into()),
+        Value::Null,
+        Value::String("l00020".into())
+    ])));
+    // Errors are answered at once.
+    let bad = decode_request(&request_bytes(
+        &[("operation", s("QUERY")), ("entityType", s("nope"))],
+        query_body(&[]),
+    ))
+    .expect("decodes");
+    assert!(matches!(start(&store, &bad), Started::Answered(r) if r.status == 404));
+}
+
+#[test]
 fn create_read_delete_status_codes() {
     let store = FakeStore::default();
     let mut attrs = OrderedMap::new();
