@@ -2,7 +2,9 @@
 //! client (fe2o3-amqp): connect once, then page through every entity of
 //! a type `--repeat` times; prints one JSON line per run. Used by
 //! benches/mgmt/run.py (the Python Proton client decodes too slowly to
-//! time the router with).
+//! time the router with); its load mode is the harness's
+//! `--load-client rust` (the default load is benches/mgmt/load.c, which
+//! costs less than half its CPU per answer).
 //!
 //! `mgmt_query URL TYPE PAGE REPEAT`: page through TYPE REPEAT times.
 //! `mgmt_query URL TYPE PAGE load RATE SECONDS [ATTR...]`: send RATE

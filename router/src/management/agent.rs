@@ -189,11 +189,14 @@ async fn run(agent: Rc<Agent>) {
     }
 }
 
-/// Rows of a QUERY built per turn of the router's thread: about 30 µs of
-/// work here, so a packet that arrives meanwhile waits no longer than that
-/// (a whole 100-row page held the thread ~0.2 ms and doubled the data
-/// path's p99 latency under 100 requests/s).
-const ROWS_PER_TURN: usize = 20;
+/// Rows of a QUERY built per turn of the router's thread (~0.1-0.2 ms
+/// here), so a 500-row page (skstat's) does not hold forwarding up for a
+/// millisecond. Smaller slices were measured: 20 rows cut the p99 latency
+/// the data path gains under 100 requests/s of 100-row pages (+110% to
+/// +34..75%), but each turn costs ~25 µs of wake-ups, which raised the
+/// router's CPU per request from 0.29 to 0.42 ms and the bulk throughput
+/// lost from ~3-4% to ~6-8% (benches/README.md).
+const ROWS_PER_TURN: usize = 100;
 
 async fn answer(router: &Rc<Router>, messages: &Rc<MessageCore>, p: &Pending, seq: u64) {
     let outcome = match protocol::decode_request(&p.payload) {
