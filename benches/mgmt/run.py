@@ -167,32 +167,35 @@ class LoadClient:
                                      stderr=subprocess.DEVNULL, text=True)
 
     def finish(self, timeout):
-        """Waits (bounded) for the client to end; its summary, with its own
-        CPU seconds from the kernel's accounting of it (wait4)."""
+        """Waits (bounded) for the client to end; its summary."""
         out = ""
         try:
             out, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-        res = lines[-1] if lines else {}
-        res["exit"] = self.proc.returncode
-        return res
+        return summary(out, self.proc.returncode)
 
     def start_and_wait(self, entity, page, rate, seconds):
-        """Runs the client to its end; its summary and its CPU seconds."""
+        """Runs the client to its end; its summary with its own CPU seconds
+        (the kernel's accounting of it, from wait4)."""
         argv = self.argv(entity, page, rate, seconds)
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
         out = p.stdout.read()
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
-        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-        res = lines[-1] if lines else {}
-        res["exit"] = p.returncode
+        res = summary(out, p.returncode)
         res["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 4)
         return res
+
+
+def summary(out, exit_code):
+    """The load client's last JSON line, with its exit status."""
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    res = lines[-1] if lines else {}
+    res["exit"] = exit_code
+    return res
 
 
 def bootstrap_median_ci(values, n=4000, seed=1):

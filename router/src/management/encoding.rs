@@ -80,6 +80,17 @@ pub fn string(out: &mut Vec<u8>, s: &str) {
     variable(out, 0xa1, 0xb1, s.as_bytes());
 }
 
+/// Appends a list of strings.
+pub fn string_list<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a str>) {
+    let list = Compound::list(out);
+    let mut n = 0;
+    for s in items {
+        string(out, s);
+        n += 1;
+    }
+    list.end(out, n);
+}
+
 /// Appends a `symbol`.
 pub fn symbol(out: &mut Vec<u8>, s: &str) {
     variable(out, 0xa3, 0xb3, s.as_bytes());

@@ -465,11 +465,7 @@ impl Query {
         let mut body = Vec::with_capacity(1024);
         let map = Compound::map(&mut body);
         encoding::string(&mut body, "attributeNames");
-        let list = Compound::list(&mut body);
-        for n in &names {
-            encoding::string(&mut body, n);
-        }
-        list.end(&mut body, names.len());
+        encoding::string_list(&mut body, names.iter().map(String::as_str));
         encoding::string(&mut body, "results");
         let results = Compound::list(&mut body);
         Ok(Query {

@@ -176,20 +176,12 @@ impl<T: AttrValue> AttrValue for Option<T> {
 }
 impl AttrValue for Vec<String> {
     fn encode(self, out: &mut Vec<u8>) {
-        let list = encoding::Compound::list(out);
-        for s in &self {
-            encoding::string(out, s);
-        }
-        list.end(out, self.len());
+        encoding::string_list(out, self.iter().map(String::as_str));
     }
 }
 impl AttrValue for &[&str] {
     fn encode(self, out: &mut Vec<u8>) {
-        let list = encoding::Compound::list(out);
-        for s in self {
-            encoding::string(out, s);
-        }
-        list.end(out, self.len());
+        encoding::string_list(out, self.iter().copied());
     }
 }
 impl AttrValue for Value {
