@@ -449,10 +449,7 @@ impl Query {
         if names.is_empty() {
             names = ty.attributes.iter().map(|s| s.to_string()).collect();
         }
-        let index: Vec<Option<usize>> = names
-            .iter()
-            .map(|n| ty.attributes.iter().position(|a| a == n))
-            .collect();
+        let index: Vec<Option<usize>> = names.iter().map(|n| ty.index(n)).collect();
         let total = store.count(ty);
         let offset = usize::try_from(req.offset.unwrap_or(0).max(0)).unwrap_or(0);
         let count = match req.count {
